@@ -1,0 +1,117 @@
+//! The one error type of the core library.
+//!
+//! Decoders work on bytes or readers and do not know where their input came
+//! from; the thin path wrappers attach the file name with [`Error::in_file`],
+//! so every message a user sees names the file and the problem.
+
+use std::path::Path;
+
+/// Everything that can go wrong in the core library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error about one named input (file, folder or object key).
+    #[error("{path}: {source}")]
+    File {
+        /// The input as the user named it.
+        path: String,
+        /// What went wrong with it.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Reading or writing failed at the operating-system level.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not in the format we were asked to read.
+    #[error("not a {format} file: {reason}")]
+    WrongFormat {
+        /// The format that was expected, e.g. "NIfTI".
+        format: &'static str,
+        /// Why the bytes were rejected.
+        reason: String,
+    },
+    /// The header parses but describes something impossible or unsafe.
+    #[error("invalid header: {0}")]
+    InvalidHeader(String),
+    /// The header asks for more voxels than the configured limit.
+    #[error(
+        "volume of {voxels} voxels exceeds the limit of {limit} voxels \
+         (raise it with --max-voxels if the scan is genuine)"
+    )]
+    TooLarge {
+        /// Voxels the header implies.
+        voxels: u128,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// The data ended before the header's promised size.
+    #[error("truncated data: {0}")]
+    Truncated(String),
+    /// Valid input that this project does not handle.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A DICOM series that cannot be assembled into one volume.
+    #[error("DICOM: {0}")]
+    Dicom(String),
+    /// A caller passed values that make no sense (sizes, spacings, options).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A cohort manifest is malformed.
+    #[error("manifest: {0}")]
+    Manifest(String),
+    /// A libtorch operation failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    /// Attaches the input's name, unless an inner error already names one.
+    pub fn in_file(self, path: impl AsRef<Path>) -> Error {
+        match self {
+            Error::File { .. } => self,
+            other => Error::File {
+                path: path.as_ref().display().to_string(),
+                source: Box::new(other),
+            },
+        }
+    }
+
+    /// The innermost error, with any file context removed.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::File { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+/// Result alias of the core library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Extension to attach a path to any core result.
+pub trait Context<T> {
+    /// Names the input that the error is about.
+    fn in_file(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn in_file(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| e.into().in_file(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_context_names_file_once() {
+        let e = Error::Truncated("expected 10 bytes, got 3".into())
+            .in_file("a.nii")
+            .in_file("b.nii");
+        assert_eq!(
+            e.to_string(),
+            "a.nii: truncated data: expected 10 bytes, got 3"
+        );
+        assert!(matches!(e.root(), Error::Truncated(_)));
+    }
+}

@@ -1,0 +1,142 @@
+//! Reading and writing CT volumes.
+//!
+//! - [`nifti`]: NIfTI-1 and NIfTI-2, `.nii` and `.nii.gz`, read and write.
+//! - [`dicom`]: a CT series from a folder of DICOM files.
+//!
+//! Decoders take bytes or readers; [`load_path`] is the thin wrapper that
+//! picks the decoder for a path and names the path in every error. Loaders
+//! return the volume on the file's own voxel grid (axes as stored), with a
+//! RAS+ affine; callers reorient with [`crate::volume::Volume::to_canonical`].
+
+pub mod dicom;
+pub mod nifti;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::volume::{Affine, Volume};
+
+/// Default voxel limit: 2^30 voxels (4 GiB as f32).
+pub const DEFAULT_MAX_VOXELS: u64 = 1 << 30;
+
+/// Options shared by all loaders.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Refuse headers implying more voxels than this, before allocating.
+    pub max_voxels: u64,
+    /// DICOM: the SeriesInstanceUID to load when a folder holds several.
+    pub series_uid: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_voxels: DEFAULT_MAX_VOXELS,
+            series_uid: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Checks a voxel count against the limit.
+    pub fn check_voxels(&self, dims: &[u64]) -> Result<()> {
+        let voxels: u128 = dims.iter().map(|&d| d as u128).product();
+        if voxels > self.max_voxels as u128 {
+            return Err(Error::TooLarge {
+                voxels,
+                limit: self.max_voxels,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a loader read, besides the voxels: the file's own description.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SourceInfo {
+    /// "NIfTI-1", "NIfTI-2" or "DICOM".
+    pub format: String,
+    /// Stored data type, numpy-style: "int16", "uint8", "float32", ...
+    pub dtype: String,
+    /// Voxel counts in the file's own i, j, k order.
+    pub shape: [usize; 3],
+    /// Voxel sizes in mm, same order.
+    pub spacing_mm: [f64; 3],
+    /// Voxel-to-RAS+ mm affine (nibabel's convention).
+    pub affine: Affine,
+    /// Non-finite voxels (NaN, +-inf) that were replaced; see
+    /// [`replace_nonfinite`].
+    pub nonfinite_replaced: u64,
+}
+
+/// A loaded volume and its description.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Voxels on the file's own grid, intensities scaled (HU for CT).
+    pub volume: Volume,
+    /// What the file said about itself.
+    pub info: SourceInfo,
+}
+
+/// Loads a NIfTI file (`.nii`, `.nii.gz`) or a DICOM series folder.
+pub fn load_path(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io(e).in_file(path))?;
+    if meta.is_dir() {
+        dicom::read_series_dir(path, opts)
+    } else {
+        nifti::read_path(path, opts)
+    }
+}
+
+/// Replaces NaN and infinite voxels by the smallest finite value of the
+/// volume (0 when there is none), so that they read as background (air in
+/// CT, outside in masks) and cannot poison sums and interpolation. Returns
+/// how many were replaced; loaders log a warning with that count.
+pub fn replace_nonfinite(data: &mut [f32]) -> u64 {
+    let mut bad = 0u64;
+    let mut min = f32::INFINITY;
+    for &v in data.iter() {
+        if v.is_finite() {
+            min = min.min(v);
+        } else {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        let fill = if min.is_finite() { min } else { 0.0 };
+        data.iter_mut()
+            .filter(|v| !v.is_finite())
+            .for_each(|v| *v = fill);
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonfinite_become_the_minimum() {
+        let mut d = vec![3.0, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY];
+        assert_eq!(replace_nonfinite(&mut d), 3);
+        assert_eq!(d, vec![3.0, -2.0, -2.0, -2.0, -2.0]);
+        let mut all_bad = vec![f32::NAN; 2];
+        assert_eq!(replace_nonfinite(&mut all_bad), 2);
+        assert_eq!(all_bad, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn voxel_limit_is_checked_without_overflow() {
+        let o = LoadOptions {
+            max_voxels: 1000,
+            series_uid: None,
+        };
+        assert!(o.check_voxels(&[10, 10, 10]).is_ok());
+        assert!(matches!(
+            o.check_voxels(&[10, 10, 11]),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(o.check_voxels(&[u64::MAX, u64::MAX, u64::MAX]).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! The pure core of multir: everything between a file on disk and a result
+//! row, with no broker, object store or async runtime in sight.
+//!
+//! Data flows through the modules in this order:
+//!
+//! - [`manifest`]: a cohort's list of scans (`scan_id,image,label,mask`).
+//! - [`io`]: NIfTI and DICOM decoders and writers, giving a [`volume::Volume`].
+//! - [`volume`]: the canonical in-memory volume, affines and reorientation.
+//! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
+//! - [`labeling`]: connected components of masks.
+//! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
+//! - [`device`]: picks CUDA or CPU for libtorch at start-up.
+//! - [`error`]: the crate's one error type.
+
+pub mod device;
+pub mod error;
+pub mod io;
+pub mod labeling;
+pub mod manifest;
+pub mod preprocess;
+pub mod synth;
+pub mod volume;
+
+pub use error::{Error, Result};
+pub use volume::{Affine, Volume};

@@ -1,0 +1,1 @@
+//! Cohort manifests: `scan_id,image,label,mask` CSV files.

@@ -1,0 +1,1 @@
+//! Classical lung segmentation from HU thresholds.

@@ -1,0 +1,1 @@
+//! Synthetic chest-CT phantoms with exact lesion ground truth.
