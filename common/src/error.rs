@@ -10,16 +10,17 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An error about one named input (file, folder or object key).
-    #[error("{path}: {source}")]
+    // The inner error is part of the message, not a separate `source`, so
+    // that error-chain printers do not repeat it.
+    #[error("{path}: {error}")]
     File {
         /// The input as the user named it.
         path: String,
         /// What went wrong with it.
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
     /// Reading or writing failed at the operating-system level.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The bytes are not in the format we were asked to read.
     #[error("not a {format} file: {reason}")]
@@ -70,7 +71,7 @@ impl Error {
             Error::File { .. } => self,
             other => Error::File {
                 path: path.as_ref().display().to_string(),
-                source: Box::new(other),
+                error: Box::new(other),
             },
         }
     }
@@ -78,7 +79,7 @@ impl Error {
     /// The innermost error, with any file context removed.
     pub fn root(&self) -> &Error {
         match self {
-            Error::File { source, .. } => source.root(),
+            Error::File { error, .. } => error.root(),
             other => other,
         }
     }

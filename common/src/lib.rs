@@ -9,9 +9,12 @@
 //! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
 //! - [`labeling`]: connected components of masks.
 //! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
+//! - [`cli`]: command-line options shared by the binaries (feature `cli`).
 //! - [`device`]: picks CUDA or CPU for libtorch at start-up.
 //! - [`error`]: the crate's one error type.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod device;
 pub mod error;
 pub mod io;

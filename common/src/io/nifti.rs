@@ -681,13 +681,10 @@ fn read_exact_or<R: Read>(src: &mut R, buf: &mut [u8], what: &str) -> Result<()>
     let mut got = 0;
     while got < buf.len() {
         match src.read(&mut buf[got..]) {
-            Ok(0) => {
-                return if got == 0 && what == "the header" && buf.len() == 4 {
-                    Err(wrong("file is empty".into()))
-                } else {
-                    Err(Error::Truncated(format!("file ends inside {what}")))
-                };
+            Ok(0) if what == "the header" && buf.len() == 4 => {
+                return Err(wrong(format!("file is only {got} bytes long")));
             }
+            Ok(0) => return Err(Error::Truncated(format!("file ends inside {what}"))),
             Ok(k) => got += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -1199,7 +1196,8 @@ mod tests {
             let e = read(b, &opts).unwrap_err().to_string();
             assert!(e.contains(needle), "{e:?} lacks {needle:?}");
         };
-        expect(b"", "empty");
+        expect(b"", "file is empty");
+        expect(b"hi\n", "3 bytes long");
         expect(&good[..100], "truncated");
         let mut b = good.clone();
         put(&mut b, 344, b"xyz\0");

@@ -1,0 +1,73 @@
+//! Command-line options shared by the `multir` and `multir-worker`
+//! binaries, defined once and flattened into each command (feature `cli`).
+//! Every option has an environment fallback so pods are configured by env.
+
+use crate::device::DeviceRequest;
+use crate::io::{DEFAULT_MAX_VOXELS, LoadOptions};
+
+/// How volumes are loaded.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Refuse any volume whose header implies more voxels than this
+    /// (checked before anything is allocated).
+    #[arg(long, env = "MULTIR_MAX_VOXELS", default_value_t = DEFAULT_MAX_VOXELS)]
+    pub max_voxels: u64,
+    /// DICOM: the SeriesInstanceUID to load when a folder holds several.
+    #[arg(long, env = "MULTIR_SERIES_UID")]
+    pub series_uid: Option<String>,
+}
+
+impl LoadArgs {
+    /// The loader options these arguments describe.
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            max_voxels: self.max_voxels,
+            series_uid: self.series_uid.clone(),
+        }
+    }
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// auto (CUDA when usable, else CPU), cpu or cuda.
+    #[arg(long, env = "MULTIR_DEVICE", default_value = "auto")]
+    pub device: DeviceRequest,
+}
+
+/// Logging.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log line format: text, or json for log collectors.
+    #[arg(long, env = "MULTIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+}
+
+impl LogArgs {
+    /// Installs the global tracing subscriber, writing to stderr so stdout
+    /// stays clean for JSON output. `RUST_LOG` overrides the level.
+    pub fn init(&self) {
+        use tracing_subscriber::EnvFilter;
+        let level = match (self.quiet, self.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "info",
+            (false, 1) => "debug",
+            _ => "trace",
+        };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        let _ = if self.log_format == "json" {
+            builder.json().try_init()
+        } else {
+            builder.with_target(false).try_init()
+        };
+    }
+}

@@ -1,0 +1,55 @@
+//! The command-line grammar of `multir`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use multir_common::cli::{LoadArgs, LogArgs};
+
+/// Run MultiR-Net over chest-CT cohorts: phantoms, inspection, preprocessing.
+#[derive(Debug, Parser)]
+#[command(name = "multir", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a NIfTI file or a DICOM series folder.
+    Inspect(InspectArgs),
+    /// Resample a scan to a new voxel spacing (and optionally save it).
+    Resample(ResampleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// A .nii / .nii.gz file or a folder holding one DICOM series.
+    pub path: PathBuf,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResampleArgs {
+    /// Input scan (NIfTI file or DICOM folder).
+    pub input: PathBuf,
+    /// Target spacing in mm along the file's i,j,k axes, e.g. 0.8,0.8,1.5.
+    #[arg(long, value_delimiter = ',', num_args = 3, required = true)]
+    pub spacing: Vec<f64>,
+    /// Nearest-neighbour (for label masks) instead of trilinear.
+    #[arg(long)]
+    pub nearest: bool,
+    /// Where to write the result (.nii or .nii.gz, float32).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print timings and the output grid as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}

@@ -1,0 +1,14 @@
+//! One module per subcommand; each takes its parsed arguments.
+
+mod inspect;
+mod resample;
+
+use crate::cli::Command;
+
+/// Runs one subcommand.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Resample(args) => resample::run(args),
+    }
+}
