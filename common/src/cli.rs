@@ -71,3 +71,32 @@ impl LogArgs {
         };
     }
 }
+
+/// Parses "a,b,c" (e.g. a spacing in mm) into three positive finite numbers.
+pub fn parse_triple(s: &str) -> Result<[f64; 3], String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [a, b, c] = parts.as_slice() else {
+        return Err(format!("expected three comma-separated numbers, got {s:?}"));
+    };
+    let mut out = [0.0; 3];
+    for (o, p) in out.iter_mut().zip([a, b, c]) {
+        *o = p.parse::<f64>().map_err(|e| format!("{p:?}: {e}"))?;
+        if !o.is_finite() || *o <= 0.0 {
+            return Err(format!("{p:?} must be a positive number"));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triples_parse_and_reject_nonsense() {
+        assert_eq!(parse_triple("0.8, 0.8,1.5").unwrap(), [0.8, 0.8, 1.5]);
+        assert!(parse_triple("1,2").is_err());
+        assert!(parse_triple("1,0,2").is_err());
+        assert!(parse_triple("1,x,2").is_err());
+    }
+}

@@ -39,8 +39,8 @@ pub struct ResampleArgs {
     /// Input scan (NIfTI file or DICOM folder).
     pub input: PathBuf,
     /// Target spacing in mm along the file's i,j,k axes, e.g. 0.8,0.8,1.5.
-    #[arg(long, value_delimiter = ',', num_args = 3, required = true)]
-    pub spacing: Vec<f64>,
+    #[arg(long, value_parser = multir_common::cli::parse_triple)]
+    pub spacing: [f64; 3],
     /// Nearest-neighbour (for label masks) instead of trilinear.
     #[arg(long)]
     pub nearest: bool,

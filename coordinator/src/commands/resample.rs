@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use multir_common::io::{self, nifti};
 use multir_common::preprocess::{Interp, resample};
 use serde_json::json;
@@ -11,10 +11,7 @@ use serde_json::json;
 use crate::cli::ResampleArgs;
 
 pub fn run(args: ResampleArgs) -> anyhow::Result<()> {
-    let spacing: [f64; 3] = match args.spacing.as_slice() {
-        &[a, b, c] => [a, b, c],
-        _ => bail!("--spacing needs three values"),
-    };
+    let spacing = args.spacing;
     let t0 = Instant::now();
     let loaded = io::load_path(&args.input, &args.load.options())?;
     let t_load = t0.elapsed().as_secs_f64();
