@@ -240,15 +240,15 @@ where
             for r in begin..end {
                 let (s, e) = (cur[r].start as usize, cur[r].end as usize);
                 let mut lab = 0u32;
-                for slot in 0..neighbours.len() {
-                    let (mut p, hi, x, in_prev) = nb[slot];
+                for slot in nb.iter_mut().take(neighbours.len()) {
+                    let (mut p, hi, x, in_prev) = *slot;
                     let runs: &[Run] = if in_prev { &prev } else { &cur };
                     // Skip runs that end before this one can touch them;
                     // they cannot touch later runs of this row either.
                     while p < hi && (runs[p].end as usize) + x <= s {
                         p += 1;
                     }
-                    nb[slot].0 = p;
+                    slot.0 = p;
                     let mut q = p;
                     while q < hi && (runs[q].start as usize) < e + x {
                         let other = runs[q].label;
