@@ -5,6 +5,7 @@
 //! - [`intensity`]: HU window clipping and normalisation to 0..1.
 //! - [`patch`]: patch extraction with padding, sliding windows.
 //! - [`lung`]: classical lung mask, left/right split.
+//! - [`morphology`]: in-plane disc dilation, erosion, closing, hole filling.
 //!
 //! [`prepare`] runs the whole chain on a loaded scan: reorient to canonical
 //! RAS, resample to the target spacing, window and normalise. It returns a
@@ -14,6 +15,7 @@
 
 pub mod intensity;
 pub mod lung;
+pub mod morphology;
 pub mod patch;
 pub mod resample;
 
