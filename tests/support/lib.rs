@@ -130,6 +130,14 @@ pub fn affine(v: &serde_json::Value, what: &str) -> multir_common::volume::Affin
     multir_common::volume::Affine(m)
 }
 
+/// `|got - want| <= tol`, false when either is NaN.
+fn within(got: f64, want: f64, tol: f64) -> bool {
+    (got - want)
+        .abs()
+        .partial_cmp(&tol)
+        .is_some_and(|o| o.is_le())
+}
+
 /// Collects mismatches so one run reports all of them, not just the first.
 #[derive(Debug, Default)]
 pub struct Mismatches {
@@ -147,9 +155,9 @@ impl Mismatches {
         self.lines.push(line);
     }
 
-    /// Checks `|got - want| <= tol`.
+    /// Checks `|got - want| <= tol` (NaN never passes).
     pub fn abs(&mut self, what: &str, got: f64, want: f64, tol: f64) {
-        if !((got - want).abs() <= tol) {
+        if !within(got, want, tol) {
             self.push(format!("{what}: got {got}, want {want} (abs tol {tol:e})"));
         }
     }
@@ -157,8 +165,7 @@ impl Mismatches {
     /// Checks `|got - want| <= tol * max(1, |want|)`: relative for large
     /// values, absolute near zero.
     pub fn rel(&mut self, what: &str, got: f64, want: f64, tol: f64) {
-        let lim = tol * want.abs().max(1.0);
-        if !((got - want).abs() <= lim) {
+        if !within(got, want, tol * want.abs().max(1.0)) {
             self.push(format!("{what}: got {got}, want {want} (rel tol {tol:e})"));
         }
     }
