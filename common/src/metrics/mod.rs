@@ -191,8 +191,7 @@ pub fn segmentation_metrics(
     surface::check_grid(truth.len(), pred.len(), dims)?;
     surface::check_spacing(spacing)?;
     let (td, pd) = (truth.data(), pred.data());
-    let t = |i: usize| td[i] > 0.5;
-    let p = |i: usize| pd[i] > 0.5;
+    let (t, p) = (surface::Above(td), surface::Above(pd));
     let (te, pe) = rayon::join(
         || surface::row_extents(dims, &t),
         || surface::row_extents(dims, &p),

@@ -43,6 +43,53 @@ pub struct SurfaceDistances {
 /// First and last foreground voxel of a row, or `None` when it is empty.
 pub(crate) type Extent = Option<(u32, u32)>;
 
+/// A binary mask stored one value per voxel, axis 0 fastest.
+pub(crate) trait Mask: Sync {
+    /// Whether voxel `index` is inside.
+    fn inside(&self, index: usize) -> bool;
+    /// First and last inside voxel of the `len` voxels from `start`.
+    fn row_extent(&self, start: usize, len: usize) -> Extent;
+}
+
+/// Flags, one per voxel.
+pub(crate) struct Flags<'a>(pub &'a [bool]);
+
+/// Voxel values, inside when above 0.5 (NaN is outside).
+pub(crate) struct Above<'a>(pub &'a [f32]);
+
+impl Mask for Flags<'_> {
+    #[inline]
+    fn inside(&self, index: usize) -> bool {
+        self.0[index]
+    }
+
+    fn row_extent(&self, start: usize, len: usize) -> Extent {
+        let row = &self.0[start..start + len];
+        let first = row.iter().position(|&v| v)?;
+        let last = row.iter().rposition(|&v| v)?;
+        Some((first as u32, last as u32))
+    }
+}
+
+impl Mask for Above<'_> {
+    #[inline]
+    fn inside(&self, index: usize) -> bool {
+        self.0[index] > 0.5
+    }
+
+    fn row_extent(&self, start: usize, len: usize) -> Extent {
+        let row = &self.0[start..start + len];
+        // A branch-free pass first (it vectorises): most rows of a lesion
+        // mask are empty, and memory bandwidth is the limit.
+        if !row.iter().fold(false, |any, &v| any | (v > 0.5)) {
+            return None;
+        }
+        let first = row.iter().position(|&v| v > 0.5)?;
+        let last = row.iter().rposition(|&v| v > 0.5)?;
+        Some((first as u32, last as u32))
+    }
+}
+
 /// Checks the mask geometry before anything is allocated.
 pub(crate) fn check_grid(len_truth: usize, len_pred: usize, dims: [usize; 3]) -> Result<()> {
     let n = dims
@@ -79,33 +126,22 @@ pub(crate) fn check_spacing(spacing_mm: [f64; 3]) -> Result<()> {
     Ok(())
 }
 
-/// Per-row extents of a mask given by a predicate on the linear index.
-pub(crate) fn row_extents<F>(dims: [usize; 3], inside: &F) -> Vec<Extent>
-where
-    F: Fn(usize) -> bool + Sync,
-{
+/// Per-row extents of a mask.
+pub(crate) fn row_extents<M: Mask>(dims: [usize; 3], mask: &M) -> Vec<Extent> {
     let ni = dims[0];
     (0..dims[1] * dims[2])
         .into_par_iter()
         .with_min_len(64)
-        .map(|row| {
-            let base = row * ni;
-            let first = (0..ni).find(|&i| inside(base + i))?;
-            let last = (first..ni).rev().find(|&i| inside(base + i))?;
-            Some((first as u32, last as u32))
-        })
+        .map(|row| mask.row_extent(row * ni, ni))
         .collect()
 }
 
 /// The surface corners of one mask, with their neighbourhood codes.
-pub(crate) fn surface_points<F>(
+pub(crate) fn surface_points<M: Mask>(
     dims: [usize; 3],
-    inside: &F,
+    mask: &M,
     extents: &[Extent],
-) -> (Vec<[i32; 3]>, Vec<u8>)
-where
-    F: Fn(usize) -> bool + Sync,
-{
+) -> (Vec<[i32; 3]>, Vec<u8>) {
     let [ni, nj, nk] = dims;
     let per_slice: Vec<(Vec<[i32; 3]>, Vec<u8>)> = (0..=nk)
         .into_par_iter()
@@ -144,7 +180,7 @@ where
                         if let Some((base, f, l)) = *r
                             && i >= f
                             && i <= l
-                            && inside(base + i as usize)
+                            && mask.inside(base + i as usize)
                         {
                             v |= 8 >> slot;
                         }
@@ -194,20 +230,15 @@ fn surfels(distances: Vec<f64>, codes: &[u8], table: &[f64; 256]) -> Vec<Surfel>
     out
 }
 
-/// Surface distances for masks given as predicates on the linear index,
-/// with their row extents already known.
-pub(crate) fn surface_distances_with<F, G>(
+/// Surface distances of two masks whose row extents are already known.
+pub(crate) fn surface_distances_with<M: Mask>(
     dims: [usize; 3],
     spacing_mm: [f64; 3],
-    truth: &F,
+    truth: &M,
     truth_extents: &[Extent],
-    pred: &G,
+    pred: &M,
     pred_extents: &[Extent],
-) -> SurfaceDistances
-where
-    F: Fn(usize) -> bool + Sync,
-    G: Fn(usize) -> bool + Sync,
-{
+) -> SurfaceDistances {
     let ((t_points, t_codes), (p_points, p_codes)) = rayon::join(
         || surface_points(dims, truth, truth_extents),
         || surface_points(dims, pred, pred_extents),
@@ -238,8 +269,7 @@ pub fn surface_distances(
 ) -> Result<SurfaceDistances> {
     check_grid(truth.len(), pred.len(), dims)?;
     check_spacing(spacing_mm)?;
-    let t = |i: usize| truth[i];
-    let p = |i: usize| pred[i];
+    let (t, p) = (Flags(truth), Flags(pred));
     let (te, pe) = rayon::join(|| row_extents(dims, &t), || row_extents(dims, &p));
     Ok(surface_distances_with(dims, spacing_mm, &t, &te, &p, &pe))
 }
