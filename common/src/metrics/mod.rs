@@ -39,9 +39,10 @@
 //! **Speed.** The reference builds two full distance maps over the bounding
 //! box (tens of millions of f64 for a lesion spread through a CT). Here the
 //! masks are scanned once for per-row extents, surface corners are found
-//! only next to non-empty rows, and each surfel's distance comes from a k-d
-//! tree over the other surface's corners (exact nearest neighbour), so time
-//! and memory scale with the surface, not the volume.
+//! only next to non-empty rows, and each surfel's distance is an exact
+//! nearest-neighbour search among the other surface's corners (a bitmap
+//! probed outward to ~4 mm, then a k-d tree), so time and memory beyond the
+//! one scan scale with the surface, not the volume.
 
 mod nearest;
 mod surface;
