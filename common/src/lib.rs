@@ -8,6 +8,8 @@
 //! - [`volume`]: the canonical in-memory volume, affines and reorientation.
 //! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
 //! - [`labeling`]: connected components of masks.
+//! - [`metrics`]: Dice, surface distances, Hausdorff and surface Dice of a
+//!   predicted mask against the truth (DeepMind `surface-distance` numbers).
 //! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
 //! - [`cli`]: command-line options shared by the binaries (feature `cli`).
 //! - [`device`]: picks CUDA or CPU for libtorch at start-up.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod io;
 pub mod labeling;
 pub mod manifest;
+pub mod metrics;
 pub mod preprocess;
 pub mod synth;
 pub mod volume;

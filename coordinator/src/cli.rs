@@ -21,6 +21,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Resample a scan to a new voxel spacing (and optionally save it).
     Resample(ResampleArgs),
+    /// Compare a predicted mask with the ground truth: Dice, surface
+    /// distances, Hausdorff, surface Dice (DeepMind surface-distance values).
+    Metrics(MetricsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -48,6 +51,25 @@ pub struct ResampleArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print timings and the output grid as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    /// The predicted mask (voxels > 0.5 are inside).
+    #[arg(long)]
+    pub pred: PathBuf,
+    /// The ground-truth mask, on the same grid as the prediction.
+    #[arg(long)]
+    pub truth: PathBuf,
+    /// Distance (mm) within which surfaces count as touching, for surface
+    /// Dice and surface overlap.
+    #[arg(long, default_value_t = 1.0)]
+    pub tolerance_mm: f64,
+    /// Print one JSON object (metrics, null where undefined, and timings).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -1,6 +1,7 @@
 //! One module per subcommand; each takes its parsed arguments.
 
 mod inspect;
+mod metrics;
 mod resample;
 
 use crate::cli::Command;
@@ -10,5 +11,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(args) => inspect::run(args),
         Command::Resample(args) => resample::run(args),
+        Command::Metrics(args) => metrics::run(args),
     }
 }
