@@ -17,6 +17,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write synthetic chest-CT phantoms, their lesion masks and a manifest.
+    Synth(SynthArgs),
     /// Describe a NIfTI file or a DICOM series folder.
     Inspect(InspectArgs),
     /// Resample a scan to a new voxel spacing (and optionally save it).
@@ -24,6 +26,23 @@ pub enum Command {
     /// Compare a predicted mask with the ground truth: Dice, surface
     /// distances, Hausdorff, surface Dice (DeepMind surface-distance values).
     Metrics(MetricsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Output folder (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of scans.
+    #[arg(long, default_value_t = 12)]
+    pub scans: usize,
+    /// Seed: the same seed gives bit-identical scans.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Scale voxel counts of the standard phantom (e.g. 0.5 for small, fast
+    /// scans in tests; 2.0 for large ones in benchmarks).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
 }
 
 #[derive(Debug, clap::Args)]

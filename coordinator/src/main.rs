@@ -42,7 +42,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             | E::Truncated(_)
             | E::Unsupported(_)
             | E::Dicom(_)
-            | E::Manifest(_),
+            | E::Manifest(_)
+            | E::InvalidArgument(_),
         ) => 65,
         Some(E::Io(_)) => 74,
         _ => 1,
