@@ -43,7 +43,11 @@
 //! nearest-neighbour search among the other surface's corners (a bitmap
 //! probed outward to ~4 mm, then a k-d tree), so time and memory beyond the
 //! one scan scale with the surface, not the volume.
+//!
+//! Cohort-level classification and agreement statistics (confusion matrix,
+//! recall/precision/F1, one-vs-rest ROC AUC, Bland–Altman) are in [`cohort`].
 
+pub mod cohort;
 mod nearest;
 mod surface;
 mod table;
