@@ -376,7 +376,7 @@ pub fn quantify(
         })
         .collect();
     // Stable sort keeps raster order among equal volumes.
-    lesions.sort_by(|a, b| b.voxels.cmp(&a.voxels));
+    lesions.sort_by_key(|l| std::cmp::Reverse(l.voxels));
     for (rank, l) in lesions.iter_mut().enumerate() {
         l.id = rank as u32 + 1;
     }
