@@ -8,6 +8,8 @@
 //! - [`volume`]: the canonical in-memory volume, affines and reorientation.
 //! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
 //! - [`labeling`]: connected components of masks.
+//! - [`quantify`]: per-scan lesion table (volumes, centroids, HU), lung
+//!   involvement and a zonal severity score.
 //! - [`metrics`]: Dice, surface distances, Hausdorff and surface Dice of a
 //!   predicted mask against the truth (DeepMind `surface-distance` numbers).
 //! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
@@ -24,6 +26,7 @@ pub mod labeling;
 pub mod manifest;
 pub mod metrics;
 pub mod preprocess;
+pub mod quantify;
 pub mod synth;
 pub mod volume;
 
