@@ -11,7 +11,8 @@
 //! - [`quantify`]: per-scan lesion table (volumes, centroids, HU), lung
 //!   involvement and a zonal severity score.
 //! - [`metrics`]: Dice, surface distances, Hausdorff and surface Dice of a
-//!   predicted mask against the truth (DeepMind `surface-distance` numbers).
+//!   predicted mask against the truth (DeepMind `surface-distance` numbers),
+//!   and cohort classification and agreement statistics.
 //! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
 //! - [`cli`]: command-line options shared by the binaries (feature `cli`).
 //! - [`device`]: picks CUDA or CPU for libtorch at start-up.
