@@ -14,7 +14,7 @@
 //!   predicted mask against the truth (DeepMind `surface-distance` numbers),
 //!   and cohort classification and agreement statistics.
 //! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
-//! - [`cli`]: command-line options shared by the binaries (feature `cli`).
+//! - `cli`: command-line options shared by the binaries (feature `cli`).
 //! - [`device`]: picks CUDA or CPU for libtorch at start-up.
 //! - [`error`]: the crate's one error type.
 
