@@ -50,11 +50,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::labeling::{Connectivity, label};
 use crate::preprocess::lung::{LEFT, LungMaskConfig, RIGHT, lung_mask};
-use crate::volume::Volume;
-
-/// Largest per-entry difference between two affines that still counts as
-/// the same grid (mm; header round-trips through f32 stay far below).
-const AFFINE_TOLERANCE: f64 = 1e-4;
+use crate::volume::{Volume, check_same_grid};
 
 /// Fraction of a lesion's in-lung voxels one lung must hold for the lesion
 /// to be assigned to that lung rather than to [`LesionSide::Both`].
@@ -177,33 +173,6 @@ pub fn zone_score(percent: f64) -> u8 {
     }
 }
 
-/// Refuses volumes whose grids differ; the message shows both.
-fn check_same_grid(ct: &Volume, mask: &Volume) -> Result<()> {
-    let (a, b) = (ct.affine().0, mask.affine().0);
-    let same_affine = a
-        .iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .all(|(x, y)| (x - y).abs() <= AFFINE_TOLERANCE);
-    if ct.dims() == mask.dims() && same_affine {
-        return Ok(());
-    }
-    let grid = |v: &Volume| {
-        let rows: Vec<String> = v.affine().0[..3]
-            .iter()
-            .map(|r| format!("[{} {} {} {}]", r[0], r[1], r[2], r[3]))
-            .collect();
-        let [i, j, k] = v.dims();
-        format!("{i}x{j}x{k} affine {}", rows.join(" "))
-    };
-    Err(Error::InvalidArgument(format!(
-        "quantify: CT and lesion mask are on different grids (CT {}; mask {}); \
-         resample the mask onto the CT's grid first",
-        grid(ct),
-        grid(mask)
-    )))
-}
-
 /// Running sums of one component.
 #[derive(Debug, Clone, Copy)]
 struct Acc {
@@ -251,7 +220,7 @@ pub fn quantify(
     lesion_mask: &Volume,
     cfg: &LungMaskConfig,
 ) -> Result<ScanQuantification> {
-    check_same_grid(ct_hu, lesion_mask)?;
+    check_same_grid(ct_hu, lesion_mask, "CT", "lesion mask")?;
     let dims = ct_hu.dims();
     let [ni, nj, _] = dims;
     let plane = ni * nj;

@@ -319,6 +319,41 @@ impl Volume {
     }
 }
 
+/// Largest per-entry difference between two affines that still counts as
+/// the same grid (mm; header round-trips through f32 stay far below).
+pub const GRID_TOLERANCE: f64 = 1e-4;
+
+/// Refuses two volumes whose grids (dims or affine, within
+/// [`GRID_TOLERANCE`]) differ; the message names both by role (e.g. "truth"
+/// and "prediction") and shows both grids. Nothing is ever resampled
+/// silently: the caller must bring `b` onto `a`'s grid.
+pub fn check_same_grid(a: &Volume, b: &Volume, a_name: &str, b_name: &str) -> Result<()> {
+    let same_affine = a
+        .affine
+        .0
+        .iter()
+        .flatten()
+        .zip(b.affine.0.iter().flatten())
+        .all(|(x, y)| (x - y).abs() <= GRID_TOLERANCE);
+    if a.dims == b.dims && same_affine {
+        return Ok(());
+    }
+    let grid = |v: &Volume| {
+        let rows: Vec<String> = v.affine.0[..3]
+            .iter()
+            .map(|r| format!("[{} {} {} {}]", r[0], r[1], r[2], r[3]))
+            .collect();
+        let [i, j, k] = v.dims;
+        format!("{i}x{j}x{k} affine {}", rows.join(" "))
+    };
+    Err(Error::InvalidArgument(format!(
+        "{a_name} and {b_name} are on different grids ({a_name} {}; {b_name} {}); \
+         resample the {b_name} onto the {a_name}'s grid first",
+        grid(a),
+        grid(b)
+    )))
+}
+
 /// Summary statistics of voxel values.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Stats {

@@ -58,11 +58,7 @@ pub use table::surfel_area_table;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::volume::Volume;
-
-/// Largest per-entry difference between two affines that still counts as
-/// the same grid (mm; header round-trips through f32 stay far below).
-const AFFINE_TOLERANCE: f64 = 1e-4;
+use crate::volume::{Volume, check_same_grid};
 
 /// Overlap and surface-distance metrics of one predicted mask against its
 /// ground truth. Field names are the JSON keys of `multir metrics`.
@@ -105,33 +101,6 @@ pub struct SegmentationMetrics {
 /// NaN and infinities become `None`.
 fn defined(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
-}
-
-/// Refuses masks whose grids differ; the message shows both.
-fn check_same_grid(truth: &Volume, pred: &Volume) -> Result<()> {
-    let (a, b) = (truth.affine().0, pred.affine().0);
-    let same_affine = a
-        .iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .all(|(x, y)| (x - y).abs() <= AFFINE_TOLERANCE);
-    if truth.dims() == pred.dims() && same_affine {
-        return Ok(());
-    }
-    let grid = |v: &Volume| {
-        let rows: Vec<String> = v.affine().0[..3]
-            .iter()
-            .map(|r| format!("[{} {} {} {}]", r[0], r[1], r[2], r[3]))
-            .collect();
-        let [i, j, k] = v.dims();
-        format!("{i}x{j}x{k} affine {}", rows.join(" "))
-    };
-    Err(Error::InvalidArgument(format!(
-        "truth and prediction are on different grids (truth {}; prediction {}); \
-         resample the prediction onto the truth's grid first",
-        grid(truth),
-        grid(pred)
-    )))
 }
 
 /// Voxel counts of truth, prediction and their intersection, from the rows
@@ -190,7 +159,7 @@ pub fn segmentation_metrics(
             "surface tolerance {tolerance_mm} mm must be finite and non-negative"
         )));
     }
-    check_same_grid(truth, pred)?;
+    check_same_grid(truth, pred, "truth", "prediction")?;
     let dims = truth.dims();
     let spacing = truth.spacing();
     surface::check_grid(truth.len(), pred.len(), dims)?;
