@@ -59,6 +59,9 @@ pub enum Error {
     /// A cohort manifest is malformed.
     #[error("manifest: {0}")]
     Manifest(String),
+    /// A model checkpoint is malformed or does not fit the network.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// A libtorch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),

@@ -7,6 +7,8 @@
 //! - [`io`]: NIfTI and DICOM decoders and writers, giving a [`volume::Volume`].
 //! - [`volume`]: the canonical in-memory volume, affines and reorientation.
 //! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
+//! - [`model`]: MultiR-Net in tch: network, losses, checkpoints, training
+//!   and sliding-window inference on whole scans.
 //! - [`labeling`]: connected components of masks.
 //! - [`quantify`]: per-scan lesion table (volumes, centroids, HU), lung
 //!   involvement and a zonal severity score.
@@ -26,6 +28,7 @@ pub mod io;
 pub mod labeling;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod preprocess;
 pub mod quantify;
 pub mod synth;

@@ -43,6 +43,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             | E::Unsupported(_)
             | E::Dicom(_)
             | E::Manifest(_)
+            | E::Checkpoint(_)
             | E::InvalidArgument(_),
         ) => 65,
         Some(E::Io(_)) => 74,

@@ -14,12 +14,28 @@ pub const PAPER_PATCH: [usize; 3] = [96, 96, 32];
 /// Copies the patch of `size` whose first voxel is `start` (may be negative
 /// or run past the end); outside voxels are `pad`. Returned `i` fastest.
 pub fn extract(v: &Volume, start: [isize; 3], size: [usize; 3], pad: f32) -> Result<Vec<f32>> {
+    extract_from(v.data(), v.dims(), start, size, pad)
+}
+
+/// [`extract`] on any i-fastest buffer of `dims` (masks kept as bytes).
+pub fn extract_from<T: Copy>(
+    data: &[T],
+    d: [usize; 3],
+    start: [isize; 3],
+    size: [usize; 3],
+    pad: T,
+) -> Result<Vec<T>> {
     if size.contains(&0) {
         return Err(Error::InvalidArgument(format!(
             "patch size {size:?} contains zero"
         )));
     }
-    let d = v.dims();
+    if data.len() != d[0] * d[1] * d[2] {
+        return Err(Error::InvalidArgument(format!(
+            "buffer of {} values does not match dims {d:?}",
+            data.len()
+        )));
+    }
     let mut out = vec![pad; size[0] * size[1] * size[2]];
     // Overlap of the patch with the volume along i, as offsets into both.
     let lo_i = start[0].max(0);
@@ -42,9 +58,9 @@ pub fn extract(v: &Volume, start: [isize; 3], size: [usize; 3], pad: f32) -> Res
             if j < 0 || j >= d[1] as isize {
                 continue;
             }
-            let s = v.index(src_i, j as usize, k as usize);
+            let s = src_i + d[0] * (j as usize + d[1] * k as usize);
             let o = dst_i + size[0] * (pj + size[1] * pk);
-            out[o..o + len].copy_from_slice(&v.data()[s..s + len]);
+            out[o..o + len].copy_from_slice(&data[s..s + len]);
         }
     }
     Ok(out)
