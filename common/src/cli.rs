@@ -4,6 +4,8 @@
 
 use crate::device::DeviceRequest;
 use crate::io::{DEFAULT_MAX_VOXELS, LoadOptions};
+use crate::model::{InferenceConfig, Stitch};
+use std::path::PathBuf;
 
 /// How volumes are loaded.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +35,51 @@ pub struct DeviceArgs {
     /// auto (CUDA when usable, else CPU), cpu or cuda.
     #[arg(long, env = "MULTIR_DEVICE", default_value = "auto")]
     pub device: DeviceRequest,
+}
+
+/// How whole scans are run through the model.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferArgs {
+    /// Model checkpoint (.safetensors); default: the shipped small model.
+    #[arg(long, env = "MULTIR_CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+    /// Fractional overlap of neighbouring windows.
+    #[arg(long, env = "MULTIR_OVERLAP", default_value_t = 0.25)]
+    pub overlap: f64,
+    /// Windows per forward pass.
+    #[arg(long, env = "MULTIR_WINDOW_BATCH", default_value_t = 4)]
+    pub window_batch: usize,
+    /// Average each window over its 8 mirrorings (8x slower).
+    #[arg(long, env = "MULTIR_TTA")]
+    pub tta: bool,
+    /// fp16 autocast on CUDA (no effect on the CPU).
+    #[arg(long, env = "MULTIR_MIXED_PRECISION")]
+    pub mixed_precision: bool,
+    /// Where windows are blended: auto, device or host.
+    #[arg(long, env = "MULTIR_STITCH", default_value = "auto")]
+    pub stitch: Stitch,
+    /// Lesion probability threshold of the mask.
+    #[arg(long, env = "MULTIR_THRESHOLD", default_value_t = 0.5)]
+    pub threshold: f32,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub device: DeviceArgs,
+}
+
+impl InferArgs {
+    /// The inference settings these arguments describe.
+    pub fn config(&self, gradcam: bool) -> InferenceConfig {
+        InferenceConfig {
+            overlap: self.overlap,
+            batch: self.window_batch,
+            tta: self.tta,
+            mixed_precision: self.mixed_precision,
+            stitch: self.stitch,
+            threshold: self.threshold,
+            gradcam,
+            ..InferenceConfig::default()
+        }
+    }
 }
 
 /// Logging.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use multir_common::cli::{LoadArgs, LogArgs};
+use multir_common::cli::{DeviceArgs, InferArgs, LoadArgs, LogArgs};
 
 /// Run MultiR-Net over chest-CT cohorts: phantoms, inspection, preprocessing.
 #[derive(Debug, Parser)]
@@ -26,6 +26,17 @@ pub enum Command {
     /// Compare a predicted mask with the ground truth: Dice, surface
     /// distances, Hausdorff, surface Dice (DeepMind surface-distance values).
     Metrics(MetricsArgs),
+    /// Train MultiR-Net on a manifest of scans with labels and lesion masks.
+    Train(TrainArgs),
+    /// Segment and classify scans; writes masks (and optionally probability
+    /// maps and Grad-CAM heat maps) as NIfTI.
+    Predict(PredictArgs),
+    /// Run the model over a labelled cohort and report classification and
+    /// segmentation quality (one row per scan; a bad scan is an error row).
+    Evaluate(EvaluateArgs),
+    /// Measure the network's window throughput (benchmarks).
+    #[command(hide = true)]
+    BenchModel(BenchModelArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,4 +104,161 @@ pub struct MetricsArgs {
     pub json: bool,
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Manifest (scan_id,image,label,mask) as `multir synth` writes it.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Output folder: best.safetensors, last.safetensors, history.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Architecture: a preset (small, paper, tiny) or a JSON file.
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    /// Model-grid voxel spacing in mm (i,j,k), saved with the checkpoint.
+    #[arg(long, value_parser = multir_common::cli::parse_triple)]
+    pub spacing: Option<[f64; 3]>,
+    /// Refinement iterations (overrides the preset).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Window size i,j,k in voxels (overrides the preset).
+    #[arg(long, value_parser = multir_common::cli::parse_triple)]
+    pub patch: Option<[f64; 3]>,
+    /// Fraction of patches centred on a lesion.
+    #[arg(long, default_value_t = 0.5)]
+    pub lesion_fraction: f64,
+    /// Most optimizer steps.
+    #[arg(long, default_value_t = 4000)]
+    pub steps: u64,
+    /// Steps between validations.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Patches per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Initial learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// Segmentation loss: focal-tversky, tversky or dice.
+    #[arg(long, default_value = "focal-tversky")]
+    pub loss: multir_common::model::loss::SegLoss,
+    /// Weight of the classification loss (lambda of eq. 9).
+    #[arg(long, default_value_t = 0.3)]
+    pub lambda: f64,
+    /// Tversky alpha (weight of false negatives).
+    #[arg(long, default_value_t = 0.7)]
+    pub alpha: f64,
+    /// Tversky beta (weight of false positives).
+    #[arg(long, default_value_t = 0.3)]
+    pub beta: f64,
+    /// Focal Tversky exponent.
+    #[arg(long, default_value_t = 0.75)]
+    pub gamma: f64,
+    /// Folds of the train/validation split (4 = the paper's 4-fold CV).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// The fold held out for validation.
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// Validations without improvement before the learning rate halves.
+    #[arg(long, default_value_t = 4)]
+    pub patience: u32,
+    /// Validations without improvement before stopping.
+    #[arg(long, default_value_t = 10)]
+    pub early_stop: u32,
+    /// Stop after this many minutes.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Seed of initialisation, split and sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from a run's last.safetensors.
+    #[arg(long, conflicts_with = "init")]
+    pub resume: Option<PathBuf>,
+    /// Fine-tune: start from the weights of this checkpoint (same model and
+    /// spacing), with a fresh optimizer and schedule.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long, env = "MULTIR_THREADS")]
+    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Scans: NIfTI files or DICOM series folders.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder for <name>_mask.nii.gz and friends.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the lesion probability map (float32).
+    #[arg(long)]
+    pub probabilities: bool,
+    /// Also write a Grad-CAM heat map of the predicted class (paper Fig. 11).
+    #[arg(long)]
+    pub gradcam: bool,
+    #[command(flatten)]
+    pub infer: InferArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvaluateArgs {
+    /// Manifest with labels and (for segmentation metrics) masks.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Output folder: scans.csv (one row per scan) and evaluation.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write each predicted mask to <out>/masks/.
+    #[arg(long)]
+    pub save_masks: bool,
+    /// Surface Dice / overlap tolerance in mm.
+    #[arg(long, default_value_t = 1.0)]
+    pub tolerance_mm: f64,
+    /// Exit with status 3 when the accuracy is below this.
+    #[arg(long)]
+    pub min_accuracy: Option<f64>,
+    /// Exit with status 3 when the mean Dice of scans with lesions is below this.
+    #[arg(long)]
+    pub min_dice: Option<f64>,
+    #[command(flatten)]
+    pub infer: InferArgs,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchModelArgs {
+    /// Architecture preset: small, paper or tiny.
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Window size i,j,k (default: the preset's).
+    #[arg(long, value_parser = multir_common::cli::parse_triple)]
+    pub patch: Option<[f64; 3]>,
+    /// Refinement iterations (default: the preset's).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Timed forward passes (after two warm-up passes).
+    #[arg(long, default_value_t = 5)]
+    pub passes: usize,
+    /// fp16 autocast (CUDA only).
+    #[arg(long)]
+    pub mixed_precision: bool,
+    /// Also time a training step (forward, backward, Adam) per pass.
+    #[arg(long)]
+    pub train_step: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }

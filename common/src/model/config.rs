@@ -157,11 +157,9 @@ impl ModelConfig {
         if let Fusion::Fixed { weights } = &self.fusion
             && (weights.len() != l || weights.iter().any(|w| !w.is_finite()))
         {
-            {
-                return bad(format!(
-                    "fixed fusion needs {l} finite weights, got {weights:?}"
-                ));
-            }
+            return bad(format!(
+                "fixed fusion needs {l} finite weights, got {weights:?}"
+            ));
         }
         Ok(())
     }

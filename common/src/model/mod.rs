@@ -12,6 +12,7 @@
 //! - [`optim`]: Adam and reduce-on-plateau with saveable state.
 //! - [`train`]: the training loop.
 //! - [`infer`]: sliding-window inference on whole scans, Grad-CAM.
+//! - [`shipped`]: the trained checkpoint compiled into the binaries.
 
 pub mod checkpoint;
 pub mod config;
@@ -20,10 +21,11 @@ pub mod infer;
 pub mod loss;
 pub mod net;
 pub mod optim;
+pub mod shipped;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use config::{Fusion, ModelConfig};
 pub use infer::{InferenceConfig, Prediction, Predictor, Stitch};
 pub use net::MultiRNet;
-pub use train::{TrainConfig, TrainEvent, train};
+pub use train::{Start, TrainConfig, TrainEvent, train};

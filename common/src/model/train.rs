@@ -190,17 +190,30 @@ struct ResumeState {
     config: TrainConfig,
 }
 
+/// Where a run starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// Fresh weights from the seed.
+    Fresh,
+    /// Continue a run exactly from its `last.safetensors` (same model,
+    /// preprocessing and data; weights, optimizer and schedule restored).
+    Resume(&'a Checkpoint),
+    /// Fine-tune: weights from any checkpoint of the same architecture and
+    /// preprocessing, a new optimizer and schedule from step 0.
+    Init(&'a Checkpoint),
+}
+
 /// Trains from `scans` (all of the manifest; the split is made here) and
 /// writes `last.safetensors` (resumable), `best.safetensors` (model only)
 /// and `history.jsonl` to `out`. `hashes` are the per-scan data hashes for
-/// the fingerprint. `resume` continues a run from its `last` checkpoint.
+/// the fingerprint.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: &TrainConfig,
     scans: &[TrainingScan],
     hashes: &[u64],
     device: Device,
-    resume: Option<&Checkpoint>,
+    start: Start<'_>,
     out: &Path,
     note: &str,
     progress: &mut dyn FnMut(&TrainEvent),
@@ -244,7 +257,16 @@ pub fn train(
     let mut plateau = Plateau::new(cfg.plateau_patience, cfg.plateau_factor, cfg.min_lr);
     let mut best: Option<ValMetrics> = None;
     let mut step = 0u64;
-    if let Some(ck) = resume {
+    if let Start::Init(ck) = start {
+        if ck.meta.model != cfg.model || ck.meta.preprocess != cfg.preprocess {
+            return Err(Error::Checkpoint(
+                "the initial weights belong to a different model or preprocessing configuration"
+                    .into(),
+            ));
+        }
+        ck.load_into(&mut vs)?;
+    }
+    if let Start::Resume(ck) = start {
         let state: ResumeState = ck
             .meta
             .resume
@@ -532,12 +554,13 @@ mod tests {
         let hashes: Vec<u64> = (0..scans.len() as u64).collect();
         let dir = tempfile::tempdir().unwrap();
         let run = |cfg: &TrainConfig, sub: &str, resume: Option<&Checkpoint>| {
+            let start = resume.map_or(Start::Fresh, Start::Resume);
             train(
                 cfg,
                 &scans,
                 &hashes,
                 Device::Cpu,
-                resume,
+                start,
                 &dir.path().join(sub),
                 "test",
                 &mut |_| {},
@@ -581,12 +604,48 @@ mod tests {
             &scans,
             &hashes,
             Device::Cpu,
-            Some(&best),
+            Start::Resume(&best),
             &dir.path().join("f"),
             "",
             &mut |_| {},
         );
         assert!(e.unwrap_err().to_string().contains("no training state"));
+        // But it can initialise a fine-tuning run of the same architecture,
+        // which then starts from its weights, not from the seed's.
+        let mut one = tiny_cfg(1);
+        one.lr = 1e-12;
+        one.seed = 77;
+        let init = |cfg: &TrainConfig, sub: &str| {
+            let out = dir.path().join(sub);
+            train(
+                cfg,
+                &scans,
+                &hashes,
+                Device::Cpu,
+                Start::Init(&best),
+                &out,
+                "",
+                &mut |_| {},
+            )
+            .map(|_| Checkpoint::read_path(out.join("last.safetensors")).unwrap())
+        };
+        let tuned = init(&one, "g").unwrap();
+        for (name, t) in &best.tensors {
+            let diff = t
+                .data
+                .iter()
+                .zip(&tuned.tensors[name].data)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff < 1e-6,
+                "{name} moved by {diff} at a negligible learning rate"
+            );
+        }
+        let mut other = tiny_cfg(1);
+        other.model.widths = vec![4, 8, 16];
+        let e = init(&other, "h").unwrap_err().to_string();
+        assert!(e.contains("different model"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! One module per subcommand; each takes its parsed arguments.
 
+mod bench_model;
+mod evaluate;
 mod inspect;
 mod metrics;
+mod model;
+mod predict;
 mod resample;
 mod synth;
+mod train;
 
 use crate::cli::Command;
 
@@ -14,5 +19,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Resample(args) => resample::run(args),
         Command::Metrics(args) => metrics::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::BenchModel(args) => bench_model::run(args),
     }
 }

@@ -1,0 +1,236 @@
+//! `multir train`, `evaluate` and `predict` end to end on small phantoms
+//! with the test-sized network on a coarse grid (seconds on a CPU).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn multir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_multir"))
+        .args(args)
+        .env("MULTIR_DEVICE", "cpu")
+        .output()
+        .expect("run multir")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn train(data: &Path, out: &Path, steps: &str) -> Output {
+    multir(&[
+        "train",
+        "--manifest",
+        s(&data.join("manifest.csv")),
+        "--out",
+        s(out),
+        "--model",
+        "tiny",
+        "--spacing",
+        "6,6,6",
+        "--steps",
+        steps,
+        "--eval-every",
+        "2",
+        "--folds",
+        "3",
+        "--batch",
+        "2",
+    ])
+}
+
+#[test]
+fn train_evaluate_and_predict_write_what_they_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&multir(&[
+        "synth",
+        "--out",
+        s(&data),
+        "--scans",
+        "6",
+        "--seed",
+        "11",
+        "--scale",
+        "0.4",
+    ]));
+    let run = dir.path().join("run");
+    let summary: serde_json::Value = serde_json::from_str(&ok(&train(&data, &run, "4"))).unwrap();
+    assert_eq!(summary["steps"], 4);
+    for f in [
+        "best.safetensors",
+        "last.safetensors",
+        "history.jsonl",
+        "train_config.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let history = std::fs::read_to_string(run.join("history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 2, "one line per validation");
+
+    // Resume to 6 steps from the 4-step run.
+    let resumed = ok(&multir(&[
+        "train",
+        "--manifest",
+        s(&data.join("manifest.csv")),
+        "--out",
+        s(&run),
+        "--model",
+        "tiny",
+        "--spacing",
+        "6,6,6",
+        "--steps",
+        "6",
+        "--eval-every",
+        "2",
+        "--folds",
+        "3",
+        "--batch",
+        "2",
+        "--resume",
+        s(&run.join("last.safetensors")),
+    ]));
+    assert!(resumed.contains("\"steps\": 6"), "{resumed}");
+
+    // Evaluate: a manifest with one unreadable scan gives an error row, the rest still run.
+    let manifest = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
+    std::fs::write(data.join("broken.nii.gz"), b"not a nifti file").unwrap();
+    let mut lines: Vec<String> = manifest.lines().map(String::from).collect();
+    lines.push("broken,broken.nii.gz,covid,".into());
+    std::fs::write(data.join("with_broken.csv"), lines.join("\n") + "\n").unwrap();
+    let ev = dir.path().join("eval");
+    let ck = run.join("best.safetensors");
+    let o = multir(&[
+        "evaluate",
+        "--manifest",
+        s(&data.join("with_broken.csv")),
+        "--checkpoint",
+        s(&ck),
+        "--out",
+        s(&ev),
+        "--save-masks",
+    ]);
+    assert!(!o.status.success(), "a failed scan must make the run fail");
+    let rows = std::fs::read_to_string(ev.join("scans.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 7, "{rows}");
+    let broken = rows.lines().find(|l| l.starts_with("broken,")).unwrap();
+    assert!(
+        broken.contains("error") && broken.contains("broken.nii.gz"),
+        "{broken}"
+    );
+    assert_eq!(rows.lines().filter(|l| l.contains(",ok,")).count(), 6);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("evaluation.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["errors"], 1);
+    assert_eq!(report["classification"]["n"], 6);
+    assert!(ev.join("masks/synth-00000.nii.gz").is_file());
+
+    // A quality bar the barely trained model cannot meet exits with 3.
+    let o = multir(&[
+        "evaluate",
+        "--manifest",
+        s(&data.join("manifest.csv")),
+        "--checkpoint",
+        s(&ck),
+        "--out",
+        s(&ev),
+        "--min-accuracy",
+        "1.01",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Predict writes mask, probabilities and Grad-CAM on the input's grid.
+    let pr = dir.path().join("pred");
+    let image = data.join("images/synth-00001.nii.gz");
+    let out = ok(&multir(&[
+        "predict",
+        s(&image),
+        "--checkpoint",
+        s(&ck),
+        "--out",
+        s(&pr),
+        "--probabilities",
+        "--gradcam",
+    ]));
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let p = &line["probabilities"];
+    let sum: f64 = ["covid", "cap", "healthy"]
+        .iter()
+        .map(|c| p[c].as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{line}");
+    for suffix in ["mask", "prob", "gradcam"] {
+        let f = pr.join(format!("synth-00001_{suffix}.nii.gz"));
+        let info = ok(&multir(&["inspect", s(&f), "--json"]));
+        let src = ok(&multir(&["inspect", s(&image), "--json"]));
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&info).unwrap(),
+            serde_json::from_str(&src).unwrap(),
+        );
+        assert_eq!(a["shape"], b["shape"], "{suffix}");
+        assert_eq!(a["affine"], b["affine"], "{suffix}");
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&multir(&[
+        "synth",
+        "--out",
+        s(&data),
+        "--scans",
+        "1",
+        "--seed",
+        "2",
+        "--scale",
+        "0.3",
+    ]));
+    let image = data.join("images/synth-00000.nii.gz");
+    let fake = dir.path().join("fake.safetensors");
+    std::fs::write(&fake, b"definitely not safetensors").unwrap();
+    let o = multir(&[
+        "predict",
+        s(&image),
+        "--checkpoint",
+        s(&fake),
+        "--out",
+        s(dir.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("fake.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
+    let o = multir(&[
+        "predict",
+        s(&image),
+        "--checkpoint",
+        "/nonexistent.safetensors",
+        "--out",
+        s(dir.path()),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(74),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
