@@ -26,11 +26,12 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn train(data: &Path, out: &Path, steps: &str) -> Output {
-    multir(&[
+fn train(data: &Path, out: &Path, steps: &str, extra: &[&str]) -> Output {
+    let manifest = data.join("manifest.csv");
+    let mut args = vec![
         "train",
         "--manifest",
-        s(&data.join("manifest.csv")),
+        s(&manifest),
         "--out",
         s(out),
         "--model",
@@ -45,7 +46,9 @@ fn train(data: &Path, out: &Path, steps: &str) -> Output {
         "3",
         "--batch",
         "2",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    multir(&args)
 }
 
 #[test]
@@ -64,7 +67,8 @@ fn train_evaluate_and_predict_write_what_they_promise() {
         "0.4",
     ]));
     let run = dir.path().join("run");
-    let summary: serde_json::Value = serde_json::from_str(&ok(&train(&data, &run, "4"))).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&train(&data, &run, "4", &[]))).unwrap();
     assert_eq!(summary["steps"], 4);
     for f in [
         "best.safetensors",
@@ -78,27 +82,8 @@ fn train_evaluate_and_predict_write_what_they_promise() {
     assert_eq!(history.lines().count(), 2, "one line per validation");
 
     // Resume to 6 steps from the 4-step run.
-    let resumed = ok(&multir(&[
-        "train",
-        "--manifest",
-        s(&data.join("manifest.csv")),
-        "--out",
-        s(&run),
-        "--model",
-        "tiny",
-        "--spacing",
-        "6,6,6",
-        "--steps",
-        "6",
-        "--eval-every",
-        "2",
-        "--folds",
-        "3",
-        "--batch",
-        "2",
-        "--resume",
-        s(&run.join("last.safetensors")),
-    ]));
+    let last = run.join("last.safetensors");
+    let resumed = ok(&train(&data, &run, "6", &["--resume", s(&last)]));
     assert!(resumed.contains("\"steps\": 6"), "{resumed}");
 
     // Evaluate: a manifest with one unreadable scan gives an error row, the rest still run.
