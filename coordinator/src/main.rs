@@ -31,9 +31,13 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 /// 65 (EX_DATAERR) for input that cannot be used, 74 (EX_IOERR) for I/O
-/// failures, 1 for anything else; clap itself exits 2 on usage errors.
+/// failures, 3 for an `evaluate` quality bar not met, 1 for anything else;
+/// clap itself exits 2 on usage errors.
 fn exit_code(err: &anyhow::Error) -> u8 {
     use multir_common::Error as E;
+    if err.is::<commands::evaluate::QualityBarNotMet>() {
+        return 3;
+    }
     match err.downcast_ref::<E>().map(E::root) {
         Some(
             E::WrongFormat { .. }

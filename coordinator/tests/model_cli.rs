@@ -26,6 +26,20 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+fn synth(out: &Path, scans: &str, seed: &str, scale: &str) {
+    ok(&multir(&[
+        "synth",
+        "--out",
+        s(out),
+        "--scans",
+        scans,
+        "--seed",
+        seed,
+        "--scale",
+        scale,
+    ]));
+}
+
 fn train(data: &Path, out: &Path, steps: &str, extra: &[&str]) -> Output {
     let manifest = data.join("manifest.csv");
     let mut args = vec![
@@ -55,17 +69,7 @@ fn train(data: &Path, out: &Path, steps: &str, extra: &[&str]) -> Output {
 fn train_evaluate_and_predict_write_what_they_promise() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    ok(&multir(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--scans",
-        "6",
-        "--seed",
-        "11",
-        "--scale",
-        "0.4",
-    ]));
+    synth(&data, "6", "11", "0.4");
     let run = dir.path().join("run");
     let summary: serde_json::Value =
         serde_json::from_str(&ok(&train(&data, &run, "4", &[]))).unwrap();
@@ -176,17 +180,7 @@ fn train_evaluate_and_predict_write_what_they_promise() {
 fn bad_checkpoints_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    ok(&multir(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--scans",
-        "1",
-        "--seed",
-        "2",
-        "--scale",
-        "0.3",
-    ]));
+    synth(&data, "1", "2", "0.3");
     let image = data.join("images/synth-00000.nii.gz");
     let fake = dir.path().join("fake.safetensors");
     std::fs::write(&fake, b"definitely not safetensors").unwrap();

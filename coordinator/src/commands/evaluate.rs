@@ -17,6 +17,18 @@ use serde::Serialize;
 
 use crate::cli::EvaluateArgs;
 
+/// `--min-accuracy` / `--min-dice` not reached (exit status 3).
+#[derive(Debug)]
+pub struct QualityBarNotMet(pub String);
+
+impl std::fmt::Display for QualityBarNotMet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "quality bar not met: {}", self.0)
+    }
+}
+
+impl std::error::Error for QualityBarNotMet {}
+
 /// One scan's row of scans.csv.
 #[derive(Debug, Default, Serialize)]
 struct Row {
@@ -215,8 +227,7 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         short.push(format!("mean Dice {} < {min}", show(d)));
     }
     if !short.is_empty() {
-        eprintln!("quality bar not met: {}", short.join(", "));
-        std::process::exit(3);
+        return Err(QualityBarNotMet(short.join(", ")).into());
     }
     if ok.len() < rows.len() {
         anyhow::bail!(

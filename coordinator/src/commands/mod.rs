@@ -1,7 +1,7 @@
 //! One module per subcommand; each takes its parsed arguments.
 
 mod bench_model;
-mod evaluate;
+pub mod evaluate;
 mod inspect;
 mod metrics;
 mod model;
