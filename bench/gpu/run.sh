@@ -9,8 +9,10 @@
 #   BIN=path/to/multir OUT=results bench/gpu/run.sh [train|eval|bench|all]...
 #
 # Knobs: TRAIN_SCANS (120), TEST_SCANS (60), TRAIN_STEPS (20000),
-# TRAIN_MINUTES (3.5), TRAIN_BATCH (4), RESUME (a last.safetensors to continue from),
+# TRAIN_MINUTES (3.5), TRAIN_BATCH (12), RESUME (a last.safetensors to continue from),
 # CHECKPOINT (model to evaluate; default: the one just trained).
+# $OUT is kept to a few files (the device tool returns only so many):
+# run/{best,last}.safetensors, history, summaries, bench.jsonl.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${BIN:-$repo/target/release/multir}
@@ -32,7 +34,7 @@ do_train() {
   local resume=()
   [[ -n ${RESUME:-} ]] && resume=(--resume "$RESUME")
   "$BIN" train --manifest "$work/train/manifest.csv" --out "$OUT/run" --model small \
-    --lr 1e-3 --batch "${TRAIN_BATCH:-4}" --steps "${TRAIN_STEPS:-20000}" --eval-every 250 --folds 6 --patience 3 --early-stop 8 \
+    --alpha 0.5 --beta 0.5 --lr 1e-3 --batch "${TRAIN_BATCH:-12}" --steps "${TRAIN_STEPS:-20000}" --eval-every 250 --folds 6 --patience 3 --early-stop 8 \
     --max-minutes "${TRAIN_MINUTES:-3.5}" --device cuda "${resume[@]}" > "$OUT/train_summary.json"
   cat "$OUT/train_summary.json"
 }
@@ -41,10 +43,12 @@ do_eval() {
   local ck=${CHECKPOINT:-$OUT/run/best.safetensors}
   [[ -f $work/test/manifest.csv ]] || "$BIN" -q synth --out "$work/test" --scans "${TEST_SCANS:-60}" --seed 7777
   stage "evaluate fp32 (unseen seed 7777)"
-  "$BIN" evaluate --manifest "$work/test/manifest.csv" --checkpoint "$ck" --out "$OUT/eval_fp32" --device cuda --window-batch 16
+  "$BIN" evaluate --manifest "$work/test/manifest.csv" --checkpoint "$ck" --out "$work/eval_fp32" --device cuda --window-batch 16
+  cp "$work/eval_fp32/evaluation.json" "$OUT/eval_fp32.json"
   stage "evaluate fp16 autocast (first 21 scans)"
   head -22 "$work/test/manifest.csv" > "$work/test/first21.csv"
-  "$BIN" evaluate --manifest "$work/test/first21.csv" --checkpoint "$ck" --out "$OUT/eval_fp16" --device cuda --window-batch 16 --mixed-precision
+  "$BIN" evaluate --manifest "$work/test/first21.csv" --checkpoint "$ck" --out "$work/eval_fp16" --device cuda --window-batch 16 --mixed-precision 2> >(grep -v autocast_mode.h >&2)
+  cp "$work/eval_fp16/evaluation.json" "$OUT/eval_fp16.json"
 }
 
 do_bench() {
