@@ -6,10 +6,12 @@
 # against the same network in PyTorch eager (bench/model/reference.py) on the
 # same card, one after the other.
 #
-#   BIN=path/to/multir OUT=results bench/gpu/run.sh [train|eval|bench|all]...
+#   BIN=path/to/multir OUT=results bench/gpu/run.sh [train|eval|bench|sweep|all]...
 #
 # Knobs: TRAIN_SCANS (120), TEST_SCANS (60), TRAIN_STEPS (20000),
 # TRAIN_MINUTES (3.5), TRAIN_BATCH (12), RESUME (a last.safetensors to continue from),
+# TRAIN_LR (1e-3), EVAL_EVERY (250), INIT (weights to fine-tune), TRAIN_ARGS (more
+# `multir train` flags, e.g. --spacing, --patch, --jitter),
 # CHECKPOINT (model to evaluate; default: the one just trained).
 # $OUT is kept to a few files (the device tool returns only so many):
 # run/{best,last}.safetensors, history, summaries, bench.jsonl.
@@ -33,9 +35,12 @@ do_train() {
   stage "train"
   local resume=()
   [[ -n ${RESUME:-} ]] && resume=(--resume "$RESUME")
+  [[ -n ${INIT:-} ]] && resume=(--init "$INIT")
+  # shellcheck disable=SC2206 # TRAIN_ARGS is a list of extra flags
+  local extra=(${TRAIN_ARGS:-})
   "$BIN" train --manifest "$work/train/manifest.csv" --out "$OUT/run" --model small \
-    --alpha 0.5 --beta 0.5 --lr 1e-3 --batch "${TRAIN_BATCH:-12}" --steps "${TRAIN_STEPS:-20000}" --eval-every 250 --folds 6 --patience 3 --early-stop 8 \
-    --max-minutes "${TRAIN_MINUTES:-3.5}" --device cuda "${resume[@]}" > "$OUT/train_summary.json"
+    --alpha 0.5 --beta 0.5 --lr "${TRAIN_LR:-1e-3}" --batch "${TRAIN_BATCH:-12}" --steps "${TRAIN_STEPS:-20000}" --eval-every "${EVAL_EVERY:-250}" --folds 6 --patience 3 --early-stop 8 \
+    --max-minutes "${TRAIN_MINUTES:-3.5}" --device "${DEVICE:-cuda}" "${resume[@]}" "${extra[@]}" > "$OUT/train_summary.json"
   cat "$OUT/train_summary.json"
 }
 
@@ -65,12 +70,69 @@ do_bench() {
   done
 }
 
+# Several training configurations side by side on the one card (each is
+# launch-bound, so they share it well), each evaluated on a selection cohort
+# (seed 5555) used to choose between them and on the unseen test cohort
+# (seed 7777) that the model card reports. SWEEP lists name:spacing:patch:
+# iterations:batch entries.
+do_sweep() {
+  stage "phantoms"
+  [[ -f $work/train/manifest.csv ]] || "$BIN" -q synth --out "$work/train" --scans "${TRAIN_SCANS:-120}" --seed 1000
+  [[ -f $work/select/manifest.csv ]] || "$BIN" -q synth --out "$work/select" --scans "${SELECT_SCANS:-30}" --seed 5555
+  [[ -f $work/test/manifest.csv ]] || "$BIN" -q synth --out "$work/test" --scans "${TEST_SCANS:-60}" --seed 7777
+  local entries=(${SWEEP:-a:3.2,3.2,5.0:48,48,16:0:32 b:3.2,3.2,5.0:64,64,32:1:16 c:2.4,2.4,3.5:64,64,32:0:16 d:2.0,2.0,3.0:80,80,32:0:12})
+  local threads=$(( $(nproc) / ${#entries[@]} ))
+  stage "train ${#entries[@]} configurations, ${TRAIN_MINUTES:-3.5} min each, $threads threads each"
+  for e in "${entries[@]}"; do
+    IFS=: read -r name spacing patch iters batch <<<"$e"
+    mkdir -p "$work/sweep"
+    "$BIN" -q train --manifest "$work/train/manifest.csv" --out "$work/sweep/$name" --model small \
+      --spacing "$spacing" --patch "$patch" --iterations "$iters" --batch "$batch" \
+      --alpha 0.5 --beta 0.5 --lr 1e-3 --steps "${TRAIN_STEPS:-100000}" --eval-every "${EVAL_EVERY:-500}" \
+      --folds 6 --patience 3 --early-stop 8 --max-minutes "${TRAIN_MINUTES:-3.5}" --threads "$threads" \
+      --device "${DEVICE:-cuda}" > "$work/sweep/$name.train.json" 2> "$work/sweep/$name.train.log" &
+  done
+  wait
+  # One evaluation at a time: eight at once oversubscribed the 16 cores
+  # (each reads, resamples and restores on the CPU) and did not finish in
+  # three minutes on an H200 machine.
+  stage "evaluate each on the selection (5555) and test (7777) cohorts"
+  for e in "${entries[@]}"; do
+    IFS=: read -r name _ <<<"$e"
+    cp "$work/sweep/$name/best.safetensors" "$OUT/$name.safetensors"
+    for cohort in select test; do
+      "$BIN" -q evaluate --manifest "$work/$cohort/manifest.csv" --checkpoint "$OUT/$name.safetensors" \
+        --out "$work/sweep/$name-$cohort" --device "${DEVICE:-cuda}" --window-batch 16 > /dev/null 2>&1
+    done
+  done
+  for e in "${entries[@]}"; do
+    IFS=: read -r name _ <<<"$e"
+    for cohort in select test; do
+      "$PY" - "$name" "$cohort" "$work/sweep/$name-$cohort/evaluation.json" <<'PYEOF'
+import json, sys
+name, cohort, path = sys.argv[1:]
+try:
+    e = json.load(open(path))
+except Exception as err:
+    print(name, cohort, "no evaluation:", err); sys.exit()
+c, g = e["classification"], e["segmentation"]
+print(f"{name} {cohort}: accuracy {c['accuracy']:.3f} macro_f1 {c['macro_f1']:.3f} dice {g['mean_dice']:.3f} "
+      f"surface_dice {g['mean_surface_dice']:.3f} assd {g['mean_assd_mm']:.2f} mm "
+      f"fp {g['mean_false_positive_ml_on_lesion_free_scans']:.1f} mL {e['seconds_per_scan']:.2f} s/scan")
+PYEOF
+    done
+    tail -c 600 "$work/sweep/$name.train.json"; echo
+  done | tee "$OUT/sweep_summary.txt"
+  tar -C "$work/sweep" -czf "$OUT/sweep_files.tar.gz" --exclude='*.safetensors' --exclude='*.nii.gz' .
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
     train) do_train ;;
     eval) do_eval ;;
     bench) do_bench ;;
+    sweep) do_sweep ;;
     all) do_train; do_eval; do_bench ;;
     *) echo "unknown stage $what" >&2; exit 2 ;;
   esac

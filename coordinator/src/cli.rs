@@ -129,6 +129,11 @@ pub struct TrainArgs {
     /// Fraction of patches centred on a lesion.
     #[arg(long, default_value_t = 0.5)]
     pub lesion_fraction: f64,
+    /// Intensity augmentation: scale in 1 +- jitter and shift in +- jitter / 2
+    /// of the 0..1 lung window (0.1 shifts by up to 75 HU; CT numbers are
+    /// calibrated, so smaller values keep consolidation apart from soft tissue).
+    #[arg(long, default_value_t = 0.1)]
+    pub jitter: f64,
     /// Most optimizer steps.
     #[arg(long, default_value_t = 4000)]
     pub steps: u64,

@@ -72,8 +72,16 @@ fn train_evaluate_and_predict_write_what_they_promise() {
     synth(&data, "6", "11", "0.4");
     let run = dir.path().join("run");
     let summary: serde_json::Value =
-        serde_json::from_str(&ok(&train(&data, &run, "4", &[]))).unwrap();
+        serde_json::from_str(&ok(&train(&data, &run, "4", &["--jitter", "0.02"]))).unwrap();
     assert_eq!(summary["steps"], 4);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["sampling"]["jitter"], 0.02, "{config}");
+    let o = train(&data, &dir.path().join("bad"), "1", &["--jitter", "0.7"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("jitter"), "{err}");
     for f in [
         "best.safetensors",
         "last.safetensors",
@@ -87,7 +95,12 @@ fn train_evaluate_and_predict_write_what_they_promise() {
 
     // Resume to 6 steps from the 4-step run.
     let last = run.join("last.safetensors");
-    let resumed = ok(&train(&data, &run, "6", &["--resume", s(&last)]));
+    let resumed = ok(&train(
+        &data,
+        &run,
+        "6",
+        &["--resume", s(&last), "--jitter", "0.02"],
+    ));
     assert!(resumed.contains("\"steps\": 6"), "{resumed}");
 
     // Evaluate: a manifest with one unreadable scan gives an error row, the rest still run.

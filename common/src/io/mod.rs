@@ -4,17 +4,45 @@
 //! - [`dicom`]: a CT series from a folder of DICOM files.
 //!
 //! Decoders take bytes or readers; [`load_path`] is the thin wrapper that
-//! picks the decoder for a path and names the path in every error. Loaders
+//! picks the decoder for a path and names the path in every error, and
+//! [`write_atomic`] is the one way files are written. Loaders
 //! return the volume on the file's own voxel grid (axes as stored), with a
 //! RAS+ affine; callers reorient with [`crate::volume::Volume::to_canonical`].
 
 pub mod dicom;
 pub mod nifti;
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::volume::{Affine, Volume};
+
+/// Writes `path` through `write` into `<path>.part` and renames it into
+/// place, so a reader never sees half a file and a crash or error leaves the
+/// old file (if any) intact. On error the partial file is removed and the
+/// error names `path`.
+pub fn write_atomic(
+    path: impl AsRef<Path>,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| -> Result<()> {
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        write(&mut file)?;
+        file.flush()?;
+        file.into_inner().map_err(|e| e.into_error())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.in_file(path)
+}
 
 /// Default voxel limit: 2^30 voxels (4 GiB as f32).
 pub const DEFAULT_MAX_VOXELS: u64 = 1 << 30;
@@ -138,5 +166,36 @@ mod tests {
             Err(Error::TooLarge { .. })
         ));
         assert!(o.check_voxels(&[u64::MAX, u64::MAX, u64::MAX]).is_err());
+    }
+
+    #[test]
+    fn atomic_writes_leave_the_old_file_on_error_and_no_part_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        write_atomic(&path, |f| Ok(f.write_all(b"first")?)).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let err = write_atomic(&path, |f| {
+            f.write_all(b"half")?;
+            Err(Error::InvalidArgument("encoder failed".into()))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("out.bin") && err.contains("encoder failed"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"first", "old file kept");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("out.bin")],
+            "no .part left"
+        );
+        let missing = dir.path().join("no/such/dir/out.bin");
+        let err = write_atomic(&missing, |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("no/such/dir/out.bin"), "{err}");
     }
 }

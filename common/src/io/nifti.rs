@@ -799,30 +799,19 @@ pub fn write<W: Write>(mut w: W, vol: &Volume, opts: &WriteOptions) -> Result<()
 /// leaves a half-written image behind.
 pub fn write_path(path: impl AsRef<Path>, vol: &Volume, opts: &WriteOptions) -> Result<()> {
     let path = path.as_ref();
-    let tmp = path.with_extension(format!(
-        "{}.part",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("nii")
-    ));
-    let result = (|| -> Result<()> {
-        let file = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
-        if path.extension().is_some_and(|e| e == "gz") {
+    let gzip = path.extension().is_some_and(|e| e == "gz");
+    super::write_atomic(path, |file| {
+        if gzip {
             // Level 1: CT compresses little better at higher levels and
             // writing a cohort should not be gzip-bound.
             let mut gz = GzEncoder::new(file, Compression::new(1));
             write(&mut gz, vol, opts)?;
-            gz.finish()?.into_inner().map_err(|e| e.into_error())?;
+            gz.finish()?;
         } else {
-            let mut f = file;
-            write(&mut f, vol, opts)?;
-            f.into_inner().map_err(|e| e.into_error())?;
+            write(file, vol, opts)?;
         }
-        std::fs::rename(&tmp, path)?;
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.in_file(path)
+    })
 }
 
 fn encode_header(vol: &Volume, opts: &WriteOptions) -> Result<Vec<u8>> {

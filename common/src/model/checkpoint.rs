@@ -16,6 +16,7 @@ use crate::error::{Context, Error, Result};
 use crate::preprocess::PreprocessConfig;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 use tch::{Kind, Tensor, nn};
 
@@ -266,17 +267,12 @@ impl Checkpoint {
         read().in_file(path)
     }
 
-    /// Writes the checkpoint atomically (temporary file, then rename).
+    /// Writes the checkpoint atomically ([`crate::io::write_atomic`]).
     pub fn write_path(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let write = || -> Result<()> {
-            let bytes = self.to_bytes()?;
-            let tmp = path.with_extension("safetensors.partial");
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, path)?;
+        crate::io::write_atomic(path, |file| {
+            file.write_all(&self.to_bytes()?)?;
             Ok(())
-        };
-        write().in_file(path)
+        })
     }
 
     /// Copies the model weights into `vs`, whose variables must match the

@@ -52,6 +52,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     cfg.sampling.patch = cfg.model.patch;
     cfg.sampling.lesion_fraction = args.lesion_fraction;
+    cfg.sampling.jitter = args.jitter;
     cfg.batch = args.batch;
     cfg.lr = args.lr;
     cfg.steps = args.steps;
