@@ -293,18 +293,7 @@ impl Manifest {
             };
             &rebased
         };
-        let tmp = path.with_extension("csv.part");
-        let result = (|| -> Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            to_write.to_writer(&mut f)?;
-            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.in_file(path)
+        crate::io::write_atomic(path, |f| to_write.to_writer(f))
     }
 
     /// A path from the file resolved against the manifest's folder

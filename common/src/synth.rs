@@ -82,6 +82,7 @@
 mod geom;
 mod scene;
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -573,7 +574,7 @@ pub fn write_cohort(
     let params_path = out.join("phantoms.json");
     let json =
         serde_json::to_vec_pretty(&records).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    std::fs::write(&params_path, json).in_file(&params_path)?;
+    crate::io::write_atomic(&params_path, |f| Ok(f.write_all(&json)?))?;
     let manifest = Manifest {
         root: out.to_path_buf(),
         entries,

@@ -34,7 +34,9 @@ pub fn write_atomic(
         let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         write(&mut file)?;
         file.flush()?;
-        file.into_inner().map_err(|e| e.into_error())?;
+        // Durable before it is visible: a crash right after the rename must
+        // not leave an empty file under the final name.
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         Ok(())
     })();
