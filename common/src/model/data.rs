@@ -51,19 +51,24 @@ impl TrainingScan {
                 "scan {id} is too large to train on"
             )));
         }
+        Ok(TrainingScan::new(id.to_string(), label, p.volume, mask))
+    }
+
+    /// A scan already on the model grid; indexes its lesion voxels.
+    pub fn new(id: String, label: Label, image: Volume, mask: Vec<u8>) -> Self {
         let lesion = mask
             .iter()
             .enumerate()
             .filter(|(_, m)| **m != 0)
             .map(|(i, _)| i as u32)
             .collect();
-        Ok(TrainingScan {
-            id: id.to_string(),
+        TrainingScan {
+            id,
             label,
-            image: p.volume,
+            image,
             mask,
             lesion,
-        })
+        }
     }
 }
 
@@ -431,19 +436,12 @@ mod tests {
                 }
             }
         }
-        let lesion = mask
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| **m != 0)
-            .map(|(i, _)| i as u32)
-            .collect();
-        TrainingScan {
-            id: format!("{label:?}"),
+        TrainingScan::new(
+            format!("{label:?}"),
             label,
-            image: Volume::new(image, dims, Affine::identity()).unwrap(),
+            Volume::new(image, dims, Affine::identity()).unwrap(),
             mask,
-            lesion,
-        }
+        )
     }
 
     #[test]

@@ -520,19 +520,12 @@ mod tests {
                     }
                 }
             }
-            let lesion = mask
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| **m != 0)
-                .map(|(i, _)| i as u32)
-                .collect();
-            out.push(TrainingScan {
-                id: format!("s{n}"),
-                label: *label,
-                image: Volume::new(img, dims, Affine::identity()).unwrap(),
+            out.push(TrainingScan::new(
+                format!("s{n}"),
+                *label,
+                Volume::new(img, dims, Affine::identity()).unwrap(),
                 mask,
-                lesion,
-            });
+            ));
         }
         out
     }
