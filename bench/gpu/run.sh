@@ -28,10 +28,22 @@ export LD_LIBRARY_PATH=$torch_lib:${LD_LIBRARY_PATH:-}
 work=${WORK:-/tmp/multir-gpu}
 mkdir -p "$work"
 stage() { echo "== $* ($(date +%T))"; }
+# The cohorts, each generated once per machine: training (seed 1000), the
+# selection cohort that chooses between models (5555) and the unseen test
+# cohort the model card reports (7777).
+cohort() {
+  local name=$1 scans seed
+  case $name in
+    train) scans=${TRAIN_SCANS:-120} seed=1000 ;;
+    select) scans=${SELECT_SCANS:-30} seed=5555 ;;
+    test) scans=${TEST_SCANS:-60} seed=7777 ;;
+  esac
+  [[ -f $work/$name/manifest.csv ]] || "$BIN" -q synth --out "$work/$name" --scans "$scans" --seed "$seed"
+}
 
 do_train() {
   stage "phantoms"
-  [[ -f $work/train/manifest.csv ]] || "$BIN" -q synth --out "$work/train" --scans "${TRAIN_SCANS:-120}" --seed 1000
+  cohort train
   stage "train"
   local resume=()
   [[ -n ${RESUME:-} ]] && resume=(--resume "$RESUME")
@@ -46,7 +58,7 @@ do_train() {
 
 do_eval() {
   local ck=${CHECKPOINT:-$OUT/run/best.safetensors}
-  [[ -f $work/test/manifest.csv ]] || "$BIN" -q synth --out "$work/test" --scans "${TEST_SCANS:-60}" --seed 7777
+  cohort test
   stage "evaluate fp32 (unseen seed 7777)"
   "$BIN" evaluate --manifest "$work/test/manifest.csv" --checkpoint "$ck" --out "$work/eval_fp32" --device cuda --window-batch 16
   cp "$work/eval_fp32/evaluation.json" "$OUT/eval_fp32.json"
@@ -77,9 +89,7 @@ do_bench() {
 # iterations:batch entries.
 do_sweep() {
   stage "phantoms"
-  [[ -f $work/train/manifest.csv ]] || "$BIN" -q synth --out "$work/train" --scans "${TRAIN_SCANS:-120}" --seed 1000
-  [[ -f $work/select/manifest.csv ]] || "$BIN" -q synth --out "$work/select" --scans "${SELECT_SCANS:-30}" --seed 5555
-  [[ -f $work/test/manifest.csv ]] || "$BIN" -q synth --out "$work/test" --scans "${TEST_SCANS:-60}" --seed 7777
+  cohort train && cohort select && cohort test
   local entries=(${SWEEP:-a:3.2,3.2,5.0:48,48,16:0:32 b:3.2,3.2,5.0:64,64,32:1:16 c:2.4,2.4,3.5:64,64,32:0:16 d:2.0,2.0,3.0:80,80,32:0:12})
   local threads=$(( $(nproc) / ${#entries[@]} ))
   stage "train ${#entries[@]} configurations, ${TRAIN_MINUTES:-3.5} min each, $threads threads each"
