@@ -27,7 +27,8 @@ pub enum Command {
     /// distances, Hausdorff, surface Dice (DeepMind surface-distance values).
     Metrics(MetricsArgs),
     /// Train MultiR-Net on a manifest of scans with labels and lesion masks.
-    Train(TrainArgs),
+    // Boxed: its many options would make every other variant as large.
+    Train(Box<TrainArgs>),
     /// Segment and classify scans; writes masks (and optionally probability
     /// maps and Grad-CAM heat maps) as NIfTI.
     Predict(PredictArgs),
@@ -134,6 +135,11 @@ pub struct TrainArgs {
     /// calibrated, so smaller values keep consolidation apart from soft tissue).
     #[arg(long, default_value_t = 0.1)]
     pub jitter: f64,
+    /// Train against each model voxel's lesion occupancy (0..1) instead of
+    /// the mask thresholded at half occupancy, so probabilities can place
+    /// the boundary inside a coarse model voxel (pair it with --bce).
+    #[arg(long)]
+    pub soft_masks: bool,
     /// Most optimizer steps.
     #[arg(long, default_value_t = 4000)]
     pub steps: u64,
@@ -161,6 +167,10 @@ pub struct TrainArgs {
     /// Focal Tversky exponent.
     #[arg(long, default_value_t = 0.75)]
     pub gamma: f64,
+    /// Weight of a voxel-wise binary cross-entropy added to the segmentation
+    /// loss (not in the paper; 0 = off). It calibrates boundary voxels.
+    #[arg(long, default_value_t = 0.0)]
+    pub bce: f64,
     /// Folds of the train/validation split (4 = the paper's 4-fold CV).
     #[arg(long, default_value_t = 5)]
     pub folds: usize,

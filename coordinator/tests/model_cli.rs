@@ -71,17 +71,22 @@ fn train_evaluate_and_predict_write_what_they_promise() {
     let data = dir.path().join("data");
     synth(&data, "6", "11", "0.4");
     let run = dir.path().join("run");
+    let flags = ["--jitter", "0.02", "--soft-masks", "--bce", "0.5"];
     let summary: serde_json::Value =
-        serde_json::from_str(&ok(&train(&data, &run, "4", &["--jitter", "0.02"]))).unwrap();
+        serde_json::from_str(&ok(&train(&data, &run, "4", &flags))).unwrap();
     assert_eq!(summary["steps"], 4);
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("train_config.json")).unwrap())
             .unwrap();
     assert_eq!(config["sampling"]["jitter"], 0.02, "{config}");
-    let o = train(&data, &dir.path().join("bad"), "1", &["--jitter", "0.7"]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("jitter"), "{err}");
+    assert_eq!(config["sampling"]["soft_masks"], true, "{config}");
+    assert_eq!(config["loss"]["bce"], 0.5, "{config}");
+    for (flag, value) in [("--jitter", "0.7"), ("--bce", "20")] {
+        let o = train(&data, &dir.path().join("bad"), "1", &[flag, value]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(&flag[2..]), "{err}");
+    }
     for f in [
         "best.safetensors",
         "last.safetensors",
@@ -99,7 +104,7 @@ fn train_evaluate_and_predict_write_what_they_promise() {
         &data,
         &run,
         "6",
-        &["--resume", s(&last), "--jitter", "0.02"],
+        &[&["--resume", s(&last)][..], &flags].concat(),
     ));
     assert!(resumed.contains("\"steps\": 6"), "{resumed}");
 

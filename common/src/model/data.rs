@@ -20,7 +20,9 @@ pub struct TrainingScan {
     pub label: Label,
     /// Normalised intensities on the model grid.
     pub image: Volume,
-    /// Lesion mask on the same grid, 0/1.
+    /// Lesion occupancy on the same grid: the fraction of each model voxel
+    /// the scan's mask covers, in 1/255 steps ([`OCCUPIED`] = all of it). A
+    /// voxel counts as lesion from [`HALF`] on.
     pub mask: Vec<u8>,
     /// Indices of the lesion voxels (for lesion-centred sampling).
     pub lesion: Vec<u32>,
@@ -45,7 +47,15 @@ impl TrainingScan {
             p.volume.affine(),
             Interp::Linear,
         )?;
-        let mask: Vec<u8> = on_grid.data().iter().map(|&v| (v >= 0.5) as u8).collect();
+        // Linear resampling of the 0/1 mask gives each model voxel the
+        // fraction of it inside the lesion; kept (quantised) so training can
+        // target it and a model's probabilities can carry the boundary
+        // below the model grid's resolution.
+        let mask: Vec<u8> = on_grid
+            .data()
+            .iter()
+            .map(|&v| (v.clamp(0.0, 1.0) * OCCUPIED as f32).round() as u8)
+            .collect();
         if mask.len() > u32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
                 "scan {id} is too large to train on"
@@ -54,12 +64,13 @@ impl TrainingScan {
         Ok(TrainingScan::new(id.to_string(), label, p.volume, mask))
     }
 
-    /// A scan already on the model grid; indexes its lesion voxels.
+    /// A scan already on the model grid (`mask` in occupancy steps, see
+    /// [`TrainingScan::mask`]); indexes its lesion voxels.
     pub fn new(id: String, label: Label, image: Volume, mask: Vec<u8>) -> Self {
         let lesion = mask
             .iter()
             .enumerate()
-            .filter(|(_, m)| **m != 0)
+            .filter(|(_, m)| **m >= HALF)
             .map(|(i, _)| i as u32)
             .collect();
         TrainingScan {
@@ -71,6 +82,11 @@ impl TrainingScan {
         }
     }
 }
+
+/// Occupancy of a model voxel wholly inside a lesion.
+pub const OCCUPIED: u8 = 255;
+/// Occupancy from which a model voxel counts as lesion (half covered).
+pub const HALF: u8 = 128;
 
 /// FNV-1a, 64 bit: a stable, dependency-free hash for fingerprints.
 #[derive(Debug, Clone, Copy)]
@@ -203,6 +219,12 @@ pub struct SamplingConfig {
     /// when it holds at least this many lesion voxels: a lesion-free patch
     /// of a COVID-19 scan shows nothing COVID-19-like.
     pub min_cls_lesion_voxels: usize,
+    /// Train against each voxel's lesion occupancy (0..1) instead of the
+    /// occupancy thresholded at one half. The model grid is coarser than a
+    /// scan's; a model that predicts occupancy lets the linear resampling
+    /// back to the scan place the boundary within a model voxel.
+    #[serde(default)]
+    pub soft_masks: bool,
 }
 
 impl SamplingConfig {
@@ -214,6 +236,7 @@ impl SamplingConfig {
             flips: true,
             jitter: 0.1,
             min_cls_lesion_voxels: 20,
+            soft_masks: false,
         }
     }
 }
@@ -223,7 +246,7 @@ impl SamplingConfig {
 pub struct Sample {
     /// Image patch, i fastest.
     pub image: Vec<f32>,
-    /// Mask patch (0/1), i fastest.
+    /// Mask patch (0/1, or occupancy 0..1 with soft masks), i fastest.
     pub mask: Vec<f32>,
     /// Class index.
     pub label: i64,
@@ -241,8 +264,14 @@ fn cut(
     let size = cfg.patch;
     let mut image = patch::extract(&scan.image, start, size, 0.0)?;
     let m = patch::extract_from(&scan.mask, scan.image.dims(), start, size, 0u8)?;
-    let lesion_voxels = m.iter().filter(|&&v| v != 0).count();
-    let mut mask: Vec<f32> = m.into_iter().map(f32::from).collect();
+    let lesion_voxels = m.iter().filter(|&&v| v >= HALF).count();
+    let mut mask: Vec<f32> = if cfg.soft_masks {
+        m.into_iter()
+            .map(|v| f32::from(v) / f32::from(OCCUPIED))
+            .collect()
+    } else {
+        m.into_iter().map(|v| f32::from(v >= HALF)).collect()
+    };
     if let Some(rng) = rng {
         if cfg.flips {
             for axis in 0..3 {
@@ -431,7 +460,7 @@ mod tests {
             for k in 8..12 {
                 for j in 10..15 {
                     for i in 20..26 {
-                        mask[i + 40 * (j + 30 * k)] = 1;
+                        mask[i + 40 * (j + 30 * k)] = OCCUPIED;
                     }
                 }
             }
@@ -483,6 +512,30 @@ mod tests {
         let on = cut(&s, [20, 10, 8], &cfg, None).unwrap();
         assert_eq!(on.cls_weight, 1.0);
         assert_eq!(on.mask.iter().sum::<f32>(), 6.0 * 5.0 * 4.0);
+    }
+
+    #[test]
+    fn soft_masks_give_occupancy_and_hard_masks_threshold_it_at_half() {
+        let mut s = scan(Label::Covid);
+        let d = s.image.dims();
+        // Beside the block (i 20..26, j 10..15, k 8..12): one voxel a
+        // quarter covered, one three quarters.
+        s.mask[19 + d[0] * (10 + d[1] * 8)] = 64;
+        s.mask[21 + d[0] * (9 + d[1] * 8)] = 191;
+        let s = TrainingScan::new(s.id, s.label, s.image, s.mask);
+        let mut cfg = SamplingConfig::new([8, 8, 4]);
+        let hard = cut(&s, [18, 9, 8], &cfg, None).unwrap();
+        cfg.soft_masks = true;
+        let soft = cut(&s, [18, 9, 8], &cfg, None).unwrap();
+        // Patch index i + 8 j of slice 0: (19, 10) is 9, (21, 9) is 3 and
+        // (20, 10), inside the block, is 10.
+        assert_eq!((hard.mask[9], hard.mask[3], hard.mask[10]), (0.0, 1.0, 1.0));
+        assert!((soft.mask[9] - 64.0 / 255.0).abs() < 1e-6);
+        assert!((soft.mask[3] - 191.0 / 255.0).abs() < 1e-6);
+        assert_eq!(soft.mask[10], 1.0);
+        // Lesion-centred sampling and the classification count use the
+        // half-covered voxels only.
+        assert_eq!(s.lesion.len(), 6 * 5 * 4 + 1);
     }
 
     #[test]
@@ -567,10 +620,10 @@ mod phantom_tests {
             .unwrap();
             let (mut inside, mut n_in, mut lung, mut n_lung) = (0.0, 0, 0.0, 0);
             for (idx, &v) in s.image.data().iter().enumerate() {
-                if s.mask[idx] != 0 {
+                if s.mask[idx] >= HALF {
                     inside += v as f64;
                     n_in += 1;
-                } else if lungs.data()[idx] > 0.5 {
+                } else if s.mask[idx] == 0 && lungs.data()[idx] > 0.5 {
                     lung += v as f64;
                     n_lung += 1;
                 }
@@ -583,5 +636,38 @@ mod phantom_tests {
             seen.insert(codes);
         }
         assert!(seen.len() >= 2, "both storage orders tested: {seen:?}");
+    }
+
+    /// The occupancy kept on the model grid holds the lesion's volume: its
+    /// sum matches the scan mask's volume far better than the count of
+    /// half-covered voxels does on thin lesions' coarse grid.
+    #[test]
+    fn occupancy_preserves_the_lesion_volume() {
+        let cfg = PhantomConfig::scaled(0.5).unwrap();
+        let pre = PreprocessConfig {
+            spacing_mm: [3.2, 3.2, 5.0],
+            ..Default::default()
+        };
+        let ph = synth::generate(Label::Covid, 3, &cfg).unwrap();
+        let truth_mm3 =
+            ph.mask.data().iter().filter(|&&m| m > 0.5).count() as f64 * ph.mask.voxel_volume_mm3();
+        let s = TrainingScan::prepare("x", Label::Covid, &ph.image, &ph.mask, &pre).unwrap();
+        let vox = s.image.voxel_volume_mm3();
+        let soft: f64 = s
+            .mask
+            .iter()
+            .map(|&m| m as f64 / OCCUPIED as f64)
+            .sum::<f64>()
+            * vox;
+        assert!(truth_mm3 > 1000.0, "phantom has lesions: {truth_mm3} mm3");
+        let rel = (soft - truth_mm3).abs() / truth_mm3;
+        assert!(
+            rel < 0.03,
+            "occupancy volume {soft:.0} vs truth {truth_mm3:.0} mm3"
+        );
+        assert!(
+            s.mask.iter().any(|&m| m > 0 && m < OCCUPIED),
+            "partial voxels at the boundary"
+        );
     }
 }

@@ -457,6 +457,9 @@ pub fn validate(
             cls += parts.cls.f_double_value(&[])?;
             batches += 1.0;
             let pred = o.seg_logits.f_gt(0.0)?.f_to_kind(Kind::Float)?;
+            // Soft targets count as lesion from half occupancy, as at
+            // inference.
+            let y = y.f_ge(0.5)?.f_to_kind(Kind::Float)?;
             inter += pred.f_mul(&y)?.f_sum(Kind::Float)?.f_double_value(&[])?;
             sum_p += pred.f_sum(Kind::Float)?.f_double_value(&[])?;
             sum_g += y.f_sum(Kind::Float)?.f_double_value(&[])?;
@@ -516,7 +519,7 @@ mod tests {
                     for i in c[0] - r..c[0] + r {
                         let idx = i + 24 * (j + 24 * k);
                         img[idx] = 0.8;
-                        mask[idx] = 1;
+                        mask[idx] = data::OCCUPIED;
                     }
                 }
             }

@@ -48,11 +48,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         beta: args.beta,
         gamma: args.gamma,
         lambda: args.lambda,
+        bce: args.bce,
         ..LossConfig::default()
     };
     cfg.sampling.patch = cfg.model.patch;
     cfg.sampling.lesion_fraction = args.lesion_fraction;
     cfg.sampling.jitter = args.jitter;
+    cfg.sampling.soft_masks = args.soft_masks;
     cfg.batch = args.batch;
     cfg.lr = args.lr;
     cfg.steps = args.steps;
