@@ -183,7 +183,8 @@ pub struct TrainArgs {
     /// Validations without improvement before stopping.
     #[arg(long, default_value_t = 10)]
     pub early_stop: u32,
-    /// Stop after this many minutes.
+    /// Stop after this many minutes; the step reached is validated and saved
+    /// to last.safetensors, so --resume continues from it.
     #[arg(long)]
     pub max_minutes: Option<f64>,
     /// Seed of initialisation, split and sampling.

@@ -333,12 +333,6 @@ pub fn train(
             stopped = format!("reached {} steps", cfg.steps);
             break;
         }
-        if let Some(limit) = cfg.max_seconds
-            && started.elapsed().as_secs_f64() >= limit
-        {
-            stopped = format!("time budget of {limit} s used");
-            break;
-        }
         let batch = data::training_batch(&train_set, &cfg.sampling, cfg.batch, cfg.seed, step)?;
         let (x, y, labels, w) = data::to_tensors(&batch, cfg.model.patch, device)?;
         opt.zero_grad()?;
@@ -360,7 +354,13 @@ pub fn train(
             lr: opt.lr,
         });
 
-        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
+        // Checked after a step, so every run makes progress; a stop on the
+        // time budget validates and saves like an evaluation step, so
+        // `--resume` loses none of the steps since the last one.
+        let out_of_time = cfg
+            .max_seconds
+            .filter(|&limit| started.elapsed().as_secs_f64() >= limit);
+        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps || out_of_time.is_some() {
             let m = validate(&net, &val, cfg, device)?;
             let (improved, lr) = plateau.observe(m.loss, opt.lr);
             opt.lr = lr;
@@ -398,6 +398,10 @@ pub fn train(
                 metrics: m,
                 improved,
             });
+            if let Some(limit) = out_of_time {
+                stopped = format!("time budget of {limit} s used");
+                break;
+            }
             if plateau.bad_evals >= cfg.early_stop {
                 stopped = format!(
                     "early stop: no improvement in {} validations",
@@ -593,6 +597,16 @@ mod tests {
                 .fold(0.0f32, f32::max);
             assert!(diff < 1e-5, "{name} differs by {diff} after resuming");
         }
+        // A run stopped by its time budget saves the step it reached, not
+        // the last evaluation step (here: no evaluation step was reached).
+        let mut timed = tiny_cfg(50);
+        timed.max_seconds = Some(0.0);
+        let s = run(&timed, "t", None);
+        assert!(s.stopped.contains("time budget"), "{}", s.stopped);
+        assert_eq!(s.steps, 1);
+        let t = Checkpoint::read_path(dir.path().join("t/last.safetensors")).unwrap();
+        assert_eq!(t.meta.training.steps, 1);
+        assert_eq!(t.meta.resume.as_ref().unwrap()["step"], 1);
         // The model-only best checkpoint cannot resume.
         let best = Checkpoint::read_path(dir.path().join("a/best.safetensors")).unwrap();
         let e = train(
