@@ -35,9 +35,22 @@ pub enum Command {
     /// Run the model over a labelled cohort and report classification and
     /// segmentation quality (one row per scan; a bad scan is an error row).
     Evaluate(EvaluateArgs),
+    /// Copy a checkpoint without its training state (Adam moments, schedule):
+    /// a resumable last.safetensors becomes a model file to ship or share.
+    Export(ExportArgs),
     /// Measure the network's window throughput (benchmarks).
     #[command(hide = true)]
     BenchModel(BenchModelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The checkpoint to copy (any .safetensors that `multir train` wrote).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Where to write the model-only checkpoint.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

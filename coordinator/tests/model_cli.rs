@@ -108,6 +108,29 @@ fn train_evaluate_and_predict_write_what_they_promise() {
     ));
     assert!(resumed.contains("\"steps\": 6"), "{resumed}");
 
+    // Export: the same weights without the training state; it evaluates
+    // (below) but cannot resume.
+    let exported = dir.path().join("model.safetensors");
+    let said = ok(&multir(&[
+        "export",
+        "--checkpoint",
+        s(&last),
+        "--out",
+        s(&exported),
+    ]));
+    assert!(said.contains("step 6"), "{said}");
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&exported) < size(&last) / 2, "optimizer state dropped");
+    let o = train(
+        &data,
+        &dir.path().join("again"),
+        "8",
+        &[&["--resume", s(&exported)][..], &flags].concat(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no training state"), "{err}");
+
     // Evaluate: a manifest with one unreadable scan gives an error row, the rest still run.
     let manifest = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
     std::fs::write(data.join("broken.nii.gz"), b"not a nifti file").unwrap();
@@ -115,7 +138,7 @@ fn train_evaluate_and_predict_write_what_they_promise() {
     lines.push("broken,broken.nii.gz,covid,".into());
     std::fs::write(data.join("with_broken.csv"), lines.join("\n") + "\n").unwrap();
     let ev = dir.path().join("eval");
-    let ck = run.join("best.safetensors");
+    let ck = exported;
     let o = multir(&[
         "evaluate",
         "--manifest",

@@ -2,6 +2,7 @@
 
 mod bench_model;
 pub mod evaluate;
+mod export;
 mod inspect;
 mod metrics;
 mod model;
@@ -22,6 +23,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Predict(args) => predict::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Export(args) => export::run(args),
         Command::BenchModel(args) => bench_model::run(args),
     }
 }

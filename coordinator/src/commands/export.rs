@@ -1,0 +1,22 @@
+//! `multir export`: a checkpoint without its training state.
+
+use anyhow::Context;
+use multir_common::model::Checkpoint;
+
+use crate::cli::ExportArgs;
+
+pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    let ck = Checkpoint::read_path(&args.checkpoint)?;
+    let out = ck.model_only();
+    out.write_path(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{}: step {} weights, {} tensors, {:.1} MB",
+        args.out.display(),
+        out.meta.training.steps,
+        out.tensors.len(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}
