@@ -12,6 +12,9 @@
 # TRAIN_MINUTES (3.5), TRAIN_BATCH (12), RESUME (a last.safetensors to continue from),
 # TRAIN_LR (1e-3), EVAL_EVERY (250), INIT (weights to fine-tune), TRAIN_ARGS (more
 # `multir train` flags, e.g. --spacing, --patch, --jitter),
+# LOSS_ARGS (segmentation targets and loss of train and sweep; default
+# "--soft-masks --bce 1", how the shipped model's stage 2 trained; empty: the
+# paper's thresholded masks and Focal Tversky alone),
 # CHECKPOINT (model to evaluate; default: the one just trained).
 # $OUT is kept to a few files (the device tool returns only so many):
 # run/{best,last}.safetensors, history, summaries, bench.jsonl.
@@ -49,7 +52,7 @@ do_train() {
   [[ -n ${RESUME:-} ]] && resume=(--resume "$RESUME")
   [[ -n ${INIT:-} ]] && resume=(--init "$INIT")
   # shellcheck disable=SC2206 # TRAIN_ARGS is a list of extra flags
-  local extra=(${TRAIN_ARGS:-})
+  local extra=(${LOSS_ARGS---soft-masks --bce 1} ${TRAIN_ARGS:-})
   "$BIN" train --manifest "$work/train/manifest.csv" --out "$OUT/run" --model small \
     --alpha 0.5 --beta 0.5 --lr "${TRAIN_LR:-1e-3}" --batch "${TRAIN_BATCH:-12}" --steps "${TRAIN_STEPS:-20000}" --eval-every "${EVAL_EVERY:-250}" --folds 6 --patience 3 --early-stop 8 \
     --max-minutes "${TRAIN_MINUTES:-3.5}" --device "${DEVICE:-cuda}" "${resume[@]}" "${extra[@]}" > "$OUT/train_summary.json"
@@ -92,6 +95,8 @@ do_sweep() {
   cohort train && cohort select && cohort test
   local entries=(${SWEEP:-a:3.2,3.2,5.0:48,48,16:0:32 b:3.2,3.2,5.0:64,64,32:1:16 c:2.4,2.4,3.5:64,64,32:0:16 d:2.0,2.0,3.0:80,80,32:0:12})
   local threads=$(( $(nproc) / ${#entries[@]} ))
+  # shellcheck disable=SC2206 # LOSS_ARGS is a list of flags
+  local loss=(${LOSS_ARGS---soft-masks --bce 1})
   stage "train ${#entries[@]} configurations, ${TRAIN_MINUTES:-3.5} min each, $threads threads each"
   for e in "${entries[@]}"; do
     IFS=: read -r name spacing patch iters batch <<<"$e"
@@ -100,7 +105,7 @@ do_sweep() {
       --spacing "$spacing" --patch "$patch" --iterations "$iters" --batch "$batch" \
       --alpha 0.5 --beta 0.5 --lr 1e-3 --steps "${TRAIN_STEPS:-100000}" --eval-every "${EVAL_EVERY:-500}" \
       --folds 6 --patience 3 --early-stop 8 --max-minutes "${TRAIN_MINUTES:-3.5}" --threads "$threads" \
-      --device "${DEVICE:-cuda}" > "$work/sweep/$name.train.json" 2> "$work/sweep/$name.train.log" &
+      --device "${DEVICE:-cuda}" "${loss[@]}" > "$work/sweep/$name.train.json" 2> "$work/sweep/$name.train.log" &
   done
   wait
   # One evaluation at a time: eight at once oversubscribed the 16 cores
