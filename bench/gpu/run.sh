@@ -31,6 +31,9 @@ export LD_LIBRARY_PATH=$torch_lib:${LD_LIBRARY_PATH:-}
 work=${WORK:-/tmp/multir-gpu}
 mkdir -p "$work"
 stage() { echo "== $* ($(date +%T))"; }
+# Segmentation targets and loss flags of every training stage (LOSS_ARGS=
+# for the paper's thresholded masks), word-split where they are used.
+loss_args=${LOSS_ARGS---soft-masks --bce 1}
 # The cohorts, each generated once per machine: training (seed 1000), the
 # selection cohort that chooses between models (5555) and the unseen test
 # cohort the model card reports (7777).
@@ -51,8 +54,8 @@ do_train() {
   local resume=()
   [[ -n ${RESUME:-} ]] && resume=(--resume "$RESUME")
   [[ -n ${INIT:-} ]] && resume=(--init "$INIT")
-  # shellcheck disable=SC2206 # TRAIN_ARGS is a list of extra flags
-  local extra=(${LOSS_ARGS---soft-masks --bce 1} ${TRAIN_ARGS:-})
+  # shellcheck disable=SC2206 # both are lists of flags
+  local extra=($loss_args ${TRAIN_ARGS:-})
   "$BIN" train --manifest "$work/train/manifest.csv" --out "$OUT/run" --model small \
     --alpha 0.5 --beta 0.5 --lr "${TRAIN_LR:-1e-3}" --batch "${TRAIN_BATCH:-12}" --steps "${TRAIN_STEPS:-20000}" --eval-every "${EVAL_EVERY:-250}" --folds 6 --patience 3 --early-stop 8 \
     --max-minutes "${TRAIN_MINUTES:-3.5}" --device "${DEVICE:-cuda}" "${resume[@]}" "${extra[@]}" > "$OUT/train_summary.json"
@@ -95,8 +98,8 @@ do_sweep() {
   cohort train && cohort select && cohort test
   local entries=(${SWEEP:-a:3.2,3.2,5.0:48,48,16:0:32 b:3.2,3.2,5.0:64,64,32:1:16 c:2.4,2.4,3.5:64,64,32:0:16 d:2.0,2.0,3.0:80,80,32:0:12})
   local threads=$(( $(nproc) / ${#entries[@]} ))
-  # shellcheck disable=SC2206 # LOSS_ARGS is a list of flags
-  local loss=(${LOSS_ARGS---soft-masks --bce 1})
+  # shellcheck disable=SC2206 # a list of flags
+  local loss=($loss_args)
   stage "train ${#entries[@]} configurations, ${TRAIN_MINUTES:-3.5} min each, $threads threads each"
   for e in "${entries[@]}"; do
     IFS=: read -r name spacing patch iters batch <<<"$e"

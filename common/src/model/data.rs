@@ -639,8 +639,8 @@ mod phantom_tests {
     }
 
     /// The occupancy kept on the model grid holds the lesion's volume: its
-    /// sum matches the scan mask's volume far better than the count of
-    /// half-covered voxels does on thin lesions' coarse grid.
+    /// sum matches the scan mask's volume within 3 %, and boundary voxels
+    /// keep fractions between 0 and 1.
     #[test]
     fn occupancy_preserves_the_lesion_volume() {
         let cfg = PhantomConfig::scaled(0.5).unwrap();

@@ -1,6 +1,5 @@
 //! `multir export`: a checkpoint without its training state.
 
-use anyhow::Context;
 use multir_common::model::Checkpoint;
 
 use crate::cli::ExportArgs;
@@ -8,8 +7,8 @@ use crate::cli::ExportArgs;
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     let ck = Checkpoint::read_path(&args.checkpoint)?;
     let out = ck.model_only();
-    out.write_path(&args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    // The writer's error already names the path.
+    out.write_path(&args.out)?;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     println!(
         "{}: step {} weights, {} tensors, {:.1} MB",
