@@ -15,7 +15,10 @@
 # LOSS_ARGS (segmentation targets and loss of train and sweep; default
 # "--soft-masks --bce 1", how the shipped model's stage 2 trained; empty: the
 # paper's thresholded masks and Focal Tversky alone),
-# CHECKPOINT (model to evaluate; default: the one just trained).
+# CHECKPOINT (model to evaluate; default: the one just trained), TRAIN_SEED
+# (seed of the training cohort, 1000), SWEEP (see do_sweep), SWEEP_EVAL (0:
+# return the sweep's best and last checkpoints and evaluate them elsewhere,
+# which leaves the card's time to training).
 # $OUT is kept to a few files (the device tool returns only so many):
 # run/{best,last}.safetensors, history, summaries, bench.jsonl.
 set -uo pipefail
@@ -40,7 +43,7 @@ loss_args=${LOSS_ARGS---soft-masks --bce 1}
 cohort() {
   local name=$1 scans seed
   case $name in
-    train) scans=${TRAIN_SCANS:-120} seed=1000 ;;
+    train) scans=${TRAIN_SCANS:-120} seed=${TRAIN_SEED:-1000} ;;
     select) scans=${SELECT_SCANS:-30} seed=5555 ;;
     test) scans=${TEST_SCANS:-60} seed=7777 ;;
   esac
@@ -92,25 +95,37 @@ do_bench() {
 # launch-bound, so they share it well), each evaluated on a selection cohort
 # (seed 5555) used to choose between them and on the unseen test cohort
 # (seed 7777) that the model card reports. SWEEP lists name:spacing:patch:
-# iterations:batch entries.
+# iterations:batch entries; INIT, TRAIN_LR and TRAIN_ARGS apply to each.
 do_sweep() {
   stage "phantoms"
-  cohort train && cohort select && cohort test
+  cohort train
+  [[ ${SWEEP_EVAL:-1} == 0 ]] || { cohort select && cohort test; }
   local entries=(${SWEEP:-a:3.2,3.2,5.0:48,48,16:0:32 b:3.2,3.2,5.0:64,64,32:1:16 c:2.4,2.4,3.5:64,64,32:0:16 d:2.0,2.0,3.0:80,80,32:0:12})
   local threads=$(( $(nproc) / ${#entries[@]} ))
-  # shellcheck disable=SC2206 # a list of flags
-  local loss=($loss_args)
+  # shellcheck disable=SC2206 # lists of flags
+  local loss=($loss_args) extra=(${TRAIN_ARGS:-})
+  [[ -n ${INIT:-} ]] && extra+=(--init "$INIT")
   stage "train ${#entries[@]} configurations, ${TRAIN_MINUTES:-3.5} min each, $threads threads each"
   for e in "${entries[@]}"; do
     IFS=: read -r name spacing patch iters batch <<<"$e"
     mkdir -p "$work/sweep"
     "$BIN" -q train --manifest "$work/train/manifest.csv" --out "$work/sweep/$name" --model small \
       --spacing "$spacing" --patch "$patch" --iterations "$iters" --batch "$batch" \
-      --alpha 0.5 --beta 0.5 --lr 1e-3 --steps "${TRAIN_STEPS:-100000}" --eval-every "${EVAL_EVERY:-500}" \
+      --alpha 0.5 --beta 0.5 --lr "${TRAIN_LR:-1e-3}" --steps "${TRAIN_STEPS:-100000}" --eval-every "${EVAL_EVERY:-500}" \
       --folds 6 --patience 3 --early-stop 8 --max-minutes "${TRAIN_MINUTES:-3.5}" --threads "$threads" \
-      --device "${DEVICE:-cuda}" "${loss[@]}" > "$work/sweep/$name.train.json" 2> "$work/sweep/$name.train.log" &
+      --device "${DEVICE:-cuda}" "${loss[@]}" "${extra[@]}" > "$work/sweep/$name.train.json" 2> "$work/sweep/$name.train.log" &
   done
   wait
+  if [[ ${SWEEP_EVAL:-1} == 0 ]]; then
+    for e in "${entries[@]}"; do
+      IFS=: read -r name _ <<<"$e"
+      cp "$work/sweep/$name/best.safetensors" "$OUT/$name.best.safetensors"
+      cp "$work/sweep/$name/last.safetensors" "$OUT/$name.last.safetensors"
+      tail -c 600 "$work/sweep/$name.train.json"; echo
+    done | tee "$OUT/sweep_summary.txt"
+    tar -C "$work/sweep" -czf "$OUT/sweep_files.tar.gz" --exclude='*.safetensors' .
+    return
+  fi
   # One evaluation at a time: eight at once oversubscribed the 16 cores
   # (each reads, resamples and restores on the CPU) and did not finish in
   # three minutes on an H200 machine.

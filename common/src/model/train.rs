@@ -199,7 +199,9 @@ pub enum Start<'a> {
     /// preprocessing and data; weights, optimizer and schedule restored).
     Resume(&'a Checkpoint),
     /// Fine-tune: weights from any checkpoint of the same architecture and
-    /// preprocessing, a new optimizer and schedule from step 0.
+    /// preprocessing, a new optimizer and schedule from step 0. The window
+    /// size may differ: the network is fully convolutional up to a global
+    /// average pool, so its weights do not depend on it.
     Init(&'a Checkpoint),
 }
 
@@ -258,7 +260,11 @@ pub fn train(
     let mut best: Option<ValMetrics> = None;
     let mut step = 0u64;
     if let Start::Init(ck) = start {
-        if ck.meta.model != cfg.model || ck.meta.preprocess != cfg.preprocess {
+        let same_window = ModelConfig {
+            patch: cfg.model.patch,
+            ..ck.meta.model.clone()
+        };
+        if same_window != cfg.model || ck.meta.preprocess != cfg.preprocess {
             return Err(Error::Checkpoint(
                 "the initial weights belong to a different model or preprocessing configuration"
                     .into(),
@@ -656,6 +662,18 @@ mod tests {
         other.model.widths = vec![4, 8, 16];
         let e = init(&other, "h").unwrap_err().to_string();
         assert!(e.contains("different model"), "{e}");
+        // A larger window is the same network: it fine-tunes, and the
+        // checkpoint it writes records the new window.
+        let mut wider = tiny_cfg(1);
+        wider.model.patch = [
+            2 * one.model.patch[0],
+            one.model.patch[1],
+            one.model.patch[2],
+        ];
+        wider.sampling.patch = wider.model.patch;
+        let w = init(&wider, "w").unwrap();
+        assert_eq!(w.meta.model.patch, wider.model.patch);
+        assert_ne!(w.meta.model.patch, best.meta.model.patch);
     }
 
     #[test]
