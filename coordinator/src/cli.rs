@@ -267,7 +267,8 @@ pub struct EvaluateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchModelArgs {
-    /// Architecture preset: small, paper or tiny.
+    /// Architecture preset: small, paper or tiny; or shipped (the
+    /// configuration of the compiled-in model, its window size included).
     #[arg(long, default_value = "small")]
     pub model: String,
     /// Windows per forward pass.

@@ -12,7 +12,13 @@ use crate::cli::BenchModelArgs;
 
 pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
     let device = super::model::device(&args.device)?;
-    let mut cfg = ModelConfig::preset(&args.model)?;
+    // "shipped" times the configuration of the compiled-in model, so the
+    // benchmark follows it when it is retrained.
+    let mut cfg = if args.model == "shipped" {
+        multir_common::model::shipped::checkpoint()?.meta.model
+    } else {
+        ModelConfig::preset(&args.model)?
+    };
     if let Some(p) = args.patch {
         cfg.patch = p.map(|v| v as usize);
     }
@@ -64,6 +70,7 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
         "device": format!("{device:?}").to_lowercase(),
         "batch": args.batch,
         "patch": cfg.patch,
+        "iterations": cfg.iterations,
         "mixed_precision": args.mixed_precision,
         "infer_windows_per_s": windows / secs,
         "threads": tch::get_num_threads(),
