@@ -1,5 +1,7 @@
 //! `multir train`, `evaluate` and `predict` end to end on small phantoms
-//! with the test-sized network on a coarse grid (seconds on a CPU).
+//! with the test-sized network on a coarse grid (seconds on a CPU), and the
+//! shipped model held to its quality bar on a full-size unseen cohort (about
+//! a minute and a half on two cores).
 
 use std::path::Path;
 use std::process::{Command, Output};
