@@ -120,3 +120,26 @@ fn metrics_compares_masks_and_refuses_other_grids() {
     assert_eq!(o.status.code(), Some(65), "{err}");
     assert!(err.contains("grid"), "{err}");
 }
+
+/// A reader that closes the pipe early (`| head -1`) ends the output; it is
+/// neither a panic nor an error exit.
+#[test]
+fn a_closed_stdout_is_the_end_of_output_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), "3");
+    let mask = dir.path().join("masks/synth-00000.nii.gz");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_multir"))
+        .args(["resample", mask.to_str().unwrap(), "--spacing", "4,4,4"])
+        .args(["--nearest", "--json", "--out"])
+        .arg(dir.path().join("coarse.nii.gz"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    assert!(!err.contains("panicked"), "{err}");
+    // It did its work before the write failed.
+    assert!(dir.path().join("coarse.nii.gz").is_file());
+}

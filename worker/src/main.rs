@@ -6,6 +6,7 @@
 //! had, so a misconfigured GPU node fails its start-up probe instead of
 //! silently running on the CPU.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -45,7 +46,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Check(args) => {
             let (_, info) = device::select(args.device)?;
             tracing::info!(device = %info.device, "device selected");
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            // Not println!: it panics when stdout is a closed pipe.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
             Ok(())
         }
     }

@@ -102,6 +102,6 @@ pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
         out["train_s_per_step"] = s.into();
         out["train_windows_per_s"] = (args.batch as f64 / s).into();
     }
-    println!("{out}");
+    super::emit(out)?;
     Ok(())
 }

@@ -205,7 +205,7 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
     std::fs::write(&json_path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| json_path.display().to_string())?;
     let show = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.4}"));
-    println!(
+    super::emit(format_args!(
         "{} scans ({} errors): accuracy {}, macro F1 {}, mean Dice (scans with lesions) {}, mean surface Dice {}; {}",
         rows.len(),
         rows.len() - ok.len(),
@@ -214,7 +214,7 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         show(mean_dice),
         show(summary["segmentation"]["mean_surface_dice"].as_f64()),
         json_path.display()
-    );
+    ))?;
     let mut short = Vec::new();
     if let (Some(min), acc) = (args.min_accuracy, accuracy)
         && acc.is_none_or(|a| a < min)

@@ -10,12 +10,12 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
     // The writer's error already names the path.
     out.write_path(&args.out)?;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
-    println!(
+    super::emit(format_args!(
         "{}: step {} weights, {} tensors, {:.1} MB",
         args.out.display(),
         out.meta.training.steps,
         out.tensors.len(),
         size as f64 / 1e6
-    );
+    ))?;
     Ok(())
 }

@@ -13,6 +13,14 @@ mod train;
 
 use crate::cli::Command;
 
+/// Writes one line of results to stdout. `println!` panics when the reader
+/// has gone (`multir predict ... | head -1`); this returns the error, which
+/// `main` takes as the end of the output rather than a failure.
+pub(crate) fn emit(line: impl std::fmt::Display) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}")
+}
+
 /// Runs one subcommand.
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {

@@ -67,14 +67,13 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
             }))
         })();
         match result {
-            Ok(v) => println!("{v}"),
+            Ok(v) => super::emit(v)?,
             Err(e) => {
                 failed += 1;
                 tracing::error!("{e:#}");
-                println!(
-                    "{}",
-                    serde_json::json!({"input": input.display().to_string(), "error": format!("{e:#}")})
-                );
+                super::emit(
+                    serde_json::json!({"input": input.display().to_string(), "error": format!("{e:#}")}),
+                )?;
             }
         }
     }

@@ -36,7 +36,7 @@ pub fn run(args: ResampleArgs) -> anyhow::Result<()> {
             "out_shape": out.dims(),
             "out_spacing_mm": out.spacing(),
         });
-        println!("{obj}");
+        super::emit(obj)?;
     } else {
         let [a, b, c] = out.dims();
         tracing::info!("resampled to {a} x {b} x {c} in {t_resample:.2} s (load {t_load:.2} s)");

@@ -166,6 +166,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         summary.seconds / 60.0,
         args.out.join("best.safetensors").display()
     );
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    super::emit(serde_json::to_string_pretty(&summary)?)?;
     Ok(())
 }
