@@ -116,23 +116,19 @@ do_sweep() {
       --device "${DEVICE:-cuda}" "${loss[@]}" "${extra[@]}" > "$work/sweep/$name.train.json" 2> "$work/sweep/$name.train.log" &
   done
   wait
-  if [[ ${SWEEP_EVAL:-1} == 0 ]]; then
-    for e in "${entries[@]}"; do
-      IFS=: read -r name _ <<<"$e"
-      cp "$work/sweep/$name/best.safetensors" "$OUT/$name.best.safetensors"
-      cp "$work/sweep/$name/last.safetensors" "$OUT/$name.last.safetensors"
-      tail -c 600 "$work/sweep/$name.train.json"; echo
-    done | tee "$OUT/sweep_summary.txt"
-    tar -C "$work/sweep" -czf "$OUT/sweep_files.tar.gz" --exclude='*.safetensors' .
-    return
-  fi
-  # One evaluation at a time: eight at once oversubscribed the 16 cores
-  # (each reads, resamples and restores on the CPU) and did not finish in
-  # three minutes on an H200 machine.
-  stage "evaluate each on the selection (5555) and test (7777) cohorts"
+  local evaluate=${SWEEP_EVAL:-1}
   for e in "${entries[@]}"; do
     IFS=: read -r name _ <<<"$e"
+    if [[ $evaluate == 0 ]]; then
+      cp "$work/sweep/$name/best.safetensors" "$OUT/$name.best.safetensors"
+      cp "$work/sweep/$name/last.safetensors" "$OUT/$name.last.safetensors"
+      continue
+    fi
     cp "$work/sweep/$name/best.safetensors" "$OUT/$name.safetensors"
+    # One evaluation at a time: eight at once oversubscribed the 16 cores
+    # (each reads, resamples and restores on the CPU) and did not finish in
+    # three minutes on an H200 machine.
+    stage "evaluate $name on the selection (5555) and test (7777) cohorts"
     for cohort in select test; do
       "$BIN" -q evaluate --manifest "$work/$cohort/manifest.csv" --checkpoint "$OUT/$name.safetensors" \
         --out "$work/sweep/$name-$cohort" --device "${DEVICE:-cuda}" --window-batch 16 > /dev/null 2>&1
@@ -141,6 +137,7 @@ do_sweep() {
   for e in "${entries[@]}"; do
     IFS=: read -r name _ <<<"$e"
     for cohort in select test; do
+      [[ $evaluate == 0 ]] && break
       "$PY" - "$name" "$cohort" "$work/sweep/$name-$cohort/evaluation.json" <<'PYEOF'
 import json, sys
 name, cohort, path = sys.argv[1:]
