@@ -100,6 +100,17 @@ impl LogArgs {
     /// Installs the global tracing subscriber, writing to stderr so stdout
     /// stays clean for JSON output. `RUST_LOG` overrides the level.
     pub fn init(&self) {
+        self.init_with(std::io::stderr);
+    }
+
+    /// [`LogArgs::init`] with another writer (one that keeps a progress bar
+    /// intact, for example). Colour codes are written only when stderr is a
+    /// terminal, so logs redirected to a file stay plain text.
+    pub fn init_with<W>(&self, writer: W)
+    where
+        W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        use std::io::IsTerminal;
         use tracing_subscriber::EnvFilter;
         let level = match (self.quiet, self.verbose) {
             (true, _) => "warn",
@@ -110,7 +121,8 @@ impl LogArgs {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer);
         let _ = if self.log_format == "json" {
             builder.json().try_init()
         } else {

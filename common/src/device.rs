@@ -75,6 +75,21 @@ fn load_cuda_library() -> &'static Result<(), String> {
     })
 }
 
+/// Picks the device as asked, logs which and why, and turns on cuDNN
+/// autotuning on CUDA (window shapes are fixed, so it pays off). Call once
+/// at start-up, before other tch calls.
+pub fn open(request: DeviceRequest) -> crate::Result<tch::Device> {
+    let (dev, info) = select(request)?;
+    match &info.note {
+        Some(note) => tracing::info!(device = %info.device, "{note}"),
+        None => tracing::info!(device = %info.device, cudnn = info.cudnn, "using CUDA"),
+    }
+    if dev != tch::Device::Cpu {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    Ok(dev)
+}
+
 /// Picks the device; call once at start-up, before other tch calls.
 pub fn select(request: DeviceRequest) -> crate::Result<(tch::Device, DeviceInfo)> {
     if request == DeviceRequest::Cpu {

@@ -62,6 +62,12 @@ pub enum Error {
     /// A model checkpoint is malformed or does not fit the network.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// Another process holds a resource this one needs (an output folder).
+    #[error("{0}")]
+    Busy(String),
+    /// A computation gave NaN or infinity where a number was needed.
+    #[error("non-finite result: {0}")]
+    NonFinite(String),
     /// A libtorch operation failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
@@ -84,6 +90,56 @@ impl Error {
         match self {
             Error::File { error, .. } => error.root(),
             other => other,
+        }
+    }
+
+    /// Whether the input or the environment is at fault; see [`Fault`].
+    pub fn fault(&self) -> Fault {
+        use std::io::ErrorKind as K;
+        match self.root() {
+            Error::Io(e) => match e.kind() {
+                // The named input is missing, unreadable or not what it
+                // claims: trying again will not change that.
+                K::NotFound
+                | K::PermissionDenied
+                | K::InvalidData
+                | K::InvalidInput
+                | K::UnexpectedEof
+                | K::IsADirectory
+                | K::NotADirectory => Fault::Input,
+                _ => Fault::Environment,
+            },
+            // libtorch failures are out-of-memory, device and driver
+            // trouble far more often than anything about one scan.
+            Error::Torch(_) => Fault::Environment,
+            _ => Fault::Input,
+        }
+    }
+
+    /// Whether this is an operating-system I/O failure (exit status 74).
+    pub fn is_io(&self) -> bool {
+        matches!(self.root(), Error::Io(_))
+    }
+}
+
+/// Whose fault a failure is, which decides what a driver does with it: an
+/// input fault is final (an error row; the same bytes would fail again), an
+/// environment fault may pass (retry the scan later or elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// The scan's files: missing, corrupt, implausible, on another grid.
+    Input,
+    /// This machine or its services: disk, memory, device, network.
+    Environment,
+}
+
+impl Fault {
+    /// "input" or "environment", as in the result tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Input => "input",
+            Fault::Environment => "environment",
         }
     }
 }
@@ -117,5 +173,19 @@ mod tests {
             "a.nii: truncated data: expected 10 bytes, got 3"
         );
         assert!(matches!(e.root(), Error::Truncated(_)));
+    }
+
+    #[test]
+    fn faults_tell_bad_input_from_a_bad_environment() {
+        let missing = Error::Io(std::io::Error::from(std::io::ErrorKind::NotFound)).in_file("a");
+        assert_eq!(missing.fault(), Fault::Input);
+        assert!(missing.is_io());
+        let full = Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(full.fault(), Fault::Environment);
+        assert_eq!(
+            Error::InvalidHeader("x".into()).in_file("a").fault(),
+            Fault::Input
+        );
+        assert!(!Error::InvalidHeader("x".into()).is_io());
     }
 }

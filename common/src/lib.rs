@@ -4,6 +4,7 @@
 //! Data flows through the modules in this order:
 //!
 //! - [`manifest`]: a cohort's list of scans (`scan_id,image,label,mask`).
+//! - [`job`]: one scan to process, as drivers and queues pass it on.
 //! - [`io`]: NIfTI and DICOM decoders and writers, giving a [`volume::Volume`].
 //! - [`volume`]: the canonical in-memory volume, affines and reorientation.
 //! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
@@ -15,6 +16,11 @@
 //! - [`metrics`]: Dice, surface distances, Hausdorff and surface Dice of a
 //!   predicted mask against the truth (DeepMind `surface-distance` numbers),
 //!   and cohort classification and agreement statistics.
+//! - [`process`]: the per-scan processor every driver runs: job in, result
+//!   row, lesion rows and mask out, or an error row.
+//! - [`results`]: the result rows, the cohort summary, the sink seam and
+//!   the output folder with its per-scan fragments.
+//! - [`runner`]: the embedded cohort driver (a pipeline of threads).
 //! - [`synth`]: synthetic chest-CT phantoms with exact ground truth.
 //! - `cli`: command-line options shared by the binaries (feature `cli`).
 //! - [`device`]: picks CUDA or CPU for libtorch at start-up.
@@ -25,14 +31,18 @@ pub mod cli;
 pub mod device;
 pub mod error;
 pub mod io;
+pub mod job;
 pub mod labeling;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
+pub mod process;
 pub mod quantify;
+pub mod results;
+pub mod runner;
 pub mod synth;
 pub mod volume;
 
-pub use error::{Error, Result};
+pub use error::{Error, Fault, Result};
 pub use volume::{Affine, Volume};

@@ -332,10 +332,25 @@ impl Manifest {
     }
 }
 
-/// Why a scan id is unusable, if it is.
-fn check_scan_id(id: &str) -> std::result::Result<(), String> {
+/// Longest scan id in bytes: outputs are named `<scan_id>_prob.nii.gz`
+/// and written through a `.part` file, which must stay within the 255-byte
+/// file-name limit of common file systems.
+pub const MAX_SCAN_ID_BYTES: usize = 200;
+
+/// Why a scan id is unusable, if it is: ids name output files, so they may
+/// not be empty, `.` or `..`, hold path separators or control characters, or
+/// be longer than [`MAX_SCAN_ID_BYTES`].
+pub fn check_scan_id(id: &str) -> std::result::Result<(), String> {
     if id.is_empty() {
         return Err("empty scan_id".into());
+    }
+    if id.len() > MAX_SCAN_ID_BYTES {
+        return Err(format!(
+            "scan_id {:?}... is {} bytes long, more than {MAX_SCAN_ID_BYTES} \
+             (scan ids name output files)",
+            id.chars().take(40).collect::<String>(),
+            id.len()
+        ));
     }
     if id == "." || id == ".." {
         return Err(format!("scan_id {id:?} is not a usable name"));

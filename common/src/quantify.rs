@@ -57,7 +57,7 @@ use crate::volume::{Volume, check_same_grid};
 pub const SIDE_MAJORITY: f64 = 0.8;
 
 /// Where a lesion lies relative to the lung mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LesionSide {
     /// In the patient's left lung.

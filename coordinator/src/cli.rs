@@ -32,9 +32,13 @@ pub enum Command {
     /// Segment and classify scans; writes masks (and optionally probability
     /// maps and Grad-CAM heat maps) as NIfTI.
     Predict(PredictArgs),
-    /// Run the model over a labelled cohort and report classification and
-    /// segmentation quality (one row per scan; a bad scan is an error row).
-    Evaluate(EvaluateArgs),
+    /// Run a cohort through the model: Parquet tables of scans and lesions,
+    /// masks, cohort statistics and a report (one row per scan; a bad scan
+    /// is an error row). Reruns resume.
+    #[command(alias = "evaluate")]
+    Run(RunArgs),
+    /// Rebuild cohort.json and report.html from a run's Parquet tables.
+    Report(ReportArgs),
     /// Copy a checkpoint without its training state (Adam moments, schedule):
     /// a resumable last.safetensors becomes a model file to ship or share.
     Export(ExportArgs),
@@ -131,7 +135,8 @@ pub struct TrainArgs {
     /// Architecture: a preset (small, paper, tiny) or a JSON file.
     #[arg(long, default_value = "small")]
     pub model: String,
-    /// Model-grid voxel spacing in mm (i,j,k), saved with the checkpoint.
+    /// Model-grid voxel spacing in mm (i,j,k), saved with the checkpoint
+    /// (default: 0.8,0.8,1.5 for `paper`, 1.6,1.6,2.5 for the other presets).
     #[arg(long, value_parser = multir_common::cli::parse_triple)]
     pub spacing: Option<[f64; 3]>,
     /// Refinement iterations (overrides the preset).
@@ -240,16 +245,22 @@ pub struct PredictArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct EvaluateArgs {
-    /// Manifest with labels and (for segmentation metrics) masks.
+pub struct RunArgs {
+    /// Manifest (CSV, or Parquet with the same columns): scan_id, image, and
+    /// optionally label and mask.
     #[arg(long)]
     pub manifest: PathBuf,
-    /// Output folder: scans.csv (one row per scan) and evaluation.json.
+    /// Output folder: scans.parquet, lesions.parquet, cohort.json,
+    /// report.html, masks/, fragments/. It may not hold any input.
     #[arg(long)]
     pub out: PathBuf,
-    /// Also write each predicted mask to <out>/masks/.
+    /// Redo every scan, even those an earlier run into OUT finished with the
+    /// same inputs, model and settings.
     #[arg(long)]
-    pub save_masks: bool,
+    pub force: bool,
+    /// Also write each lesion probability map (masks/<scan_id>_prob.nii.gz).
+    #[arg(long)]
+    pub probabilities: bool,
     /// Surface Dice / overlap tolerance in mm.
     #[arg(long, default_value_t = 1.0)]
     pub tolerance_mm: f64,
@@ -259,10 +270,29 @@ pub struct EvaluateArgs {
     /// Exit with status 3 when the mean Dice of scans with lesions is below this.
     #[arg(long)]
     pub min_dice: Option<f64>,
+    /// Do not write report.html.
+    #[arg(long)]
+    pub no_report: bool,
+    /// Scans read and decoded ahead of the network (memory: each holds its
+    /// volumes).
+    #[arg(long, env = "MULTIR_READ_AHEAD", default_value_t = 2)]
+    pub read_ahead: usize,
     #[command(flatten)]
     pub infer: InferArgs,
     #[command(flatten)]
     pub load: LoadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// A run's output folder (or a folder of collected results) holding
+    /// scans.parquet and lesions.parquet.
+    #[arg(long)]
+    pub results: PathBuf,
+    /// The cohort's manifest, for the CT slices of the report's overlays
+    /// (without it the report has no overlays).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,6 +5,9 @@
 
 mod cli;
 mod commands;
+mod progress;
+mod report;
+mod tables;
 
 use std::process::ExitCode;
 
@@ -12,7 +15,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli.log.init();
+    cli.log.init_with(progress::LogWriter);
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -31,26 +34,24 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 /// 65 (EX_DATAERR) for input that cannot be used, 74 (EX_IOERR) for I/O
-/// failures, 3 for an `evaluate` quality bar not met, 1 for anything else;
-/// clap itself exits 2 on usage errors.
+/// failures, 75 (EX_TEMPFAIL) when another run holds the output folder, 3
+/// for a quality bar not met, 130 after SIGINT/SIGTERM, 1 for anything else
+/// (a run whose scans partly failed among them); clap exits 2 on usage
+/// errors.
 fn exit_code(err: &anyhow::Error) -> u8 {
-    use multir_common::Error as E;
-    if err.is::<commands::evaluate::QualityBarNotMet>() {
+    use commands::run::{Interrupted, QualityBarNotMet};
+    use multir_common::{Error as E, Fault};
+    if err.is::<QualityBarNotMet>() {
         return 3;
     }
-    match err.downcast_ref::<E>().map(E::root) {
-        Some(
-            E::WrongFormat { .. }
-            | E::InvalidHeader(_)
-            | E::TooLarge { .. }
-            | E::Truncated(_)
-            | E::Unsupported(_)
-            | E::Dicom(_)
-            | E::Manifest(_)
-            | E::Checkpoint(_)
-            | E::InvalidArgument(_),
-        ) => 65,
-        Some(E::Io(_)) => 74,
+    if err.is::<Interrupted>() {
+        return 130;
+    }
+    match err.downcast_ref::<E>() {
+        Some(e) if matches!(e.root(), E::Busy(_)) => 75,
+        Some(e) if e.is_io() => 74,
+        Some(e) if matches!(e.root(), E::Torch(_)) => 1,
+        Some(e) if e.fault() == Fault::Input => 65,
         _ => 1,
     }
 }

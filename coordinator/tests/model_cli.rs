@@ -1,4 +1,4 @@
-//! `multir train`, `evaluate` and `predict` end to end on small phantoms
+//! `multir train`, `run` and `predict` end to end on small phantoms
 //! with the test-sized network on a coarse grid (seconds on a CPU), and the
 //! shipped model held to its quality bar on a full-size unseen cohort (about
 //! a minute and a half on two cores).
@@ -70,7 +70,7 @@ fn train(data: &Path, out: &Path, steps: &str, extra: &[&str]) -> Output {
 }
 
 #[test]
-fn train_evaluate_and_predict_write_what_they_promise() {
+fn train_run_and_predict_write_what_they_promise() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     synth(&data, "6", "11", "0.4");
@@ -144,32 +144,35 @@ fn train_evaluate_and_predict_write_what_they_promise() {
     let ev = dir.path().join("eval");
     let ck = exported;
     let o = multir(&[
-        "evaluate",
+        "run",
         "--manifest",
         s(&data.join("with_broken.csv")),
         "--checkpoint",
         s(&ck),
         "--out",
         s(&ev),
-        "--save-masks",
     ]);
-    assert!(!o.status.success(), "a failed scan must make the run fail");
-    let rows = std::fs::read_to_string(ev.join("scans.csv")).unwrap();
-    assert_eq!(rows.lines().count(), 1 + 7, "{rows}");
-    let broken = rows.lines().find(|l| l.starts_with("broken,")).unwrap();
-    assert!(
-        broken.contains("error") && broken.contains("broken.nii.gz"),
-        "{broken}"
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a failed scan must make the run fail"
     );
-    assert_eq!(rows.lines().filter(|l| l.contains(",ok,")).count(), 6);
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ev.join("evaluation.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(ev.join("cohort.json")).unwrap()).unwrap();
+    assert_eq!(report["scans"], 7);
     assert_eq!(report["errors"], 1);
     assert_eq!(report["classification"]["n"], 6);
+    let broken: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("fragments/broken.json")).unwrap())
+            .unwrap();
+    assert_eq!(broken["scan"]["status"], "error");
+    let why = broken["scan"]["error"].as_str().unwrap();
+    assert!(why.contains("broken.nii.gz"), "{why}");
     assert!(ev.join("masks/synth-00000.nii.gz").is_file());
+    assert!(ev.join("scans.parquet").is_file() && ev.join("lesions.parquet").is_file());
 
-    // A quality bar the barely trained model cannot meet exits with 3.
+    // A quality bar the barely trained model cannot meet exits with 3
+    // (`evaluate` is `run` by its old name; the finished scans are kept).
     let o = multir(&[
         "evaluate",
         "--manifest",
@@ -202,12 +205,18 @@ fn train_evaluate_and_predict_write_what_they_promise() {
         "--gradcam",
     ]));
     let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
-    let p = &line["probabilities"];
-    let sum: f64 = ["covid", "cap", "healthy"]
+    assert_eq!(
+        line["classes"],
+        serde_json::json!(["covid", "cap", "healthy"])
+    );
+    let sum: f64 = line["probabilities"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|c| p[c].as_f64().unwrap())
+        .map(|p| p.as_f64().unwrap())
         .sum();
     assert!((sum - 1.0).abs() < 1e-4, "{line}");
+    assert!(line["lung_volume_ml"].as_f64().is_some(), "{line}");
     for suffix in ["mask", "prob", "gradcam"] {
         let f = pr.join(format!("synth-00001_{suffix}.nii.gz"));
         let info = ok(&multir(&["inspect", s(&f), "--json"]));
@@ -261,7 +270,7 @@ fn bad_checkpoints_are_clear_errors() {
 
 /// The shipped model's quality bar, as its model card reports it: on the
 /// 60 phantoms of seed 7777 (never used in training or model selection)
-/// `multir evaluate` with the default checkpoint must reach accuracy 0.95
+/// `multir run` with the default checkpoint must reach accuracy 0.95
 /// and mean volume Dice 0.85, or exit 3. This guards the card's figures
 /// against any change to preprocessing, inference or the model file.
 #[test]
@@ -272,7 +281,7 @@ fn the_shipped_model_meets_its_quality_bar_on_the_unseen_seed() {
     let manifest = data.join("manifest.csv");
     let o = multir(&[
         "-q",
-        "evaluate",
+        "run",
         "--manifest",
         s(&manifest),
         "--out",
@@ -282,7 +291,7 @@ fn the_shipped_model_meets_its_quality_bar_on_the_unseen_seed() {
         "--min-dice",
         "0.85",
     ]);
-    let text = std::fs::read_to_string(eval.join("evaluation.json")).unwrap();
+    let text = std::fs::read_to_string(eval.join("cohort.json")).unwrap();
     let e: serde_json::Value = serde_json::from_str(&text).unwrap();
     let (acc, dice) = (
         e["classification"]["accuracy"].as_f64().unwrap(),

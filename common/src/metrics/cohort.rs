@@ -342,6 +342,51 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Result<Option<f64>> {
     Ok(Some(twice_wins as f64 / (2 * n_pos * n_neg) as f64))
 }
 
+/// The ROC curve of `scores` for the binary labels `positive`: the
+/// (false-positive rate, true-positive rate) points at every distinct
+/// threshold, from (0, 0) to (1, 1), tied scores moving together (the
+/// points scikit-learn's `roc_curve` gives with `drop_intermediate=False`).
+/// The trapezoidal area under them is [`roc_auc`]. `None` when there are no
+/// positives or no negatives.
+pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Result<Option<Vec<(f64, f64)>>> {
+    if scores.len() != positive.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{} scores but {} labels",
+            scores.len(),
+            positive.len()
+        )));
+    }
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(Error::InvalidArgument(format!(
+            "score {i} is {}",
+            scores[i]
+        )));
+    }
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return Ok(None);
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < order.len() {
+        let s = scores[order[i]];
+        while i < order.len() && scores[order[i]] == s {
+            if positive[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        points.push((fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
+    }
+    Ok(Some(points))
+}
+
 /// Bland–Altman agreement between paired measurements.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BlandAltman {
@@ -722,5 +767,26 @@ mod tests {
         assert!(json["per_class"][1]["precision"].is_null());
         assert_eq!(json["confusion"]["counts"][1][0], 1);
         assert_eq!(json["n"], 3);
+    }
+
+    #[test]
+    fn the_area_under_the_roc_curve_is_the_auc() {
+        let scores = [0.9, 0.8, 0.8, 0.4, 0.3, 0.3, 0.1];
+        let pos = [true, false, true, true, false, true, false];
+        let pts = roc_curve(&scores, &pos).unwrap().unwrap();
+        assert_eq!(pts.first(), Some(&(0.0, 0.0)));
+        assert_eq!(pts.last(), Some(&(1.0, 1.0)));
+        assert_eq!(
+            pts.len(),
+            6,
+            "one point per distinct score, plus the origin"
+        );
+        let area: f64 = pts
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        let auc = roc_auc(&scores, &pos).unwrap().unwrap();
+        assert!((area - auc).abs() < 1e-12, "{area} vs {auc}");
+        assert!(roc_curve(&[0.5], &[true]).unwrap().is_none());
     }
 }

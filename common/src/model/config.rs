@@ -65,9 +65,12 @@ impl ModelConfig {
         }
     }
 
-    /// The shipped configuration: the same architecture at a quarter of the
-    /// widths, sized to train on synthetic phantoms in minutes on a GPU and
-    /// to run whole scans on a laptop CPU.
+    /// The paper's architecture at a quarter of the widths (0.73 M
+    /// parameters), sized to train on synthetic phantoms on a CPU or in
+    /// minutes on a GPU. The shipped model is this network trained with
+    /// other windows and grid than this preset's (96x96x16 windows on a
+    /// 3.2 x 3.2 x 5 mm grid, no refinement pass): its checkpoint carries
+    /// its own configuration, see `models/README.md`.
     pub fn small() -> Self {
         ModelConfig {
             widths: vec![8, 16, 24, 32, 48],

@@ -177,6 +177,42 @@ fn gaussian_window(p: [usize; 3], device: Device) -> Result<Tensor> {
     Ok(tk.f_mul(&tj)?.f_mul(&ti)?.f_to_device(device)?)
 }
 
+/// [`Predictor::prepare`] without a network: what a reading thread needs is
+/// the checkpoint's metadata alone.
+pub fn prepare_for(
+    meta: &CheckpointMeta,
+    ct: &Volume,
+    cfg: &InferenceConfig,
+) -> Result<preprocess::Prepared> {
+    cfg.validate()?;
+    let md = model_dims_for(meta, ct);
+    let voxels = md.iter().map(|&d| d as u128).product::<u128>();
+    if voxels > cfg.max_model_voxels as u128 {
+        return Err(Error::InvalidArgument(format!(
+            "the scan would become a {}x{}x{} grid at the model's {:?} mm spacing, more than {} voxels",
+            md[0], md[1], md[2], meta.preprocess.spacing_mm, cfg.max_model_voxels
+        )));
+    }
+    preprocess::prepare(ct, &meta.preprocess)
+}
+
+/// Model-grid size of a scan under `meta`'s spacing, without touching its
+/// voxels.
+fn model_dims_for(meta: &CheckpointMeta, ct: &Volume) -> [usize; 3] {
+    let sp = ct.spacing();
+    let d = ct.dims();
+    let mut out = [1usize; 3];
+    for (a, (world, _)) in ct.affine().io_orientation().into_iter().enumerate() {
+        let n = (d[a] as f64 * sp[a] / meta.preprocess.spacing_mm[world]).round();
+        out[world] = if n.is_finite() {
+            (n.max(1.0)).min(u32::MAX as f64) as usize
+        } else {
+            usize::MAX
+        };
+    }
+    out
+}
+
 /// Mirrorings used by test-time augmentation (tensor dims of D, H, W).
 const MIRRORS: [&[i64]; 8] = [&[], &[4], &[3], &[2], &[3, 4], &[2, 4], &[2, 3], &[2, 3, 4]];
 
@@ -213,32 +249,34 @@ impl Predictor {
 
     /// Model-grid size of a scan, without touching its voxels.
     pub fn model_dims(&self, ct: &Volume) -> [usize; 3] {
-        let sp = ct.spacing();
-        let d = ct.dims();
-        let mut out = [1usize; 3];
-        for (a, (world, _)) in ct.affine().io_orientation().into_iter().enumerate() {
-            let n = (d[a] as f64 * sp[a] / self.meta.preprocess.spacing_mm[world]).round();
-            out[world] = if n.is_finite() {
-                (n.max(1.0)).min(u32::MAX as f64) as usize
-            } else {
-                usize::MAX
-            };
-        }
-        out
+        model_dims_for(&self.meta, ct)
     }
 
-    /// Segments and classifies one CT (HU, any orientation and spacing).
+    /// Segments and classifies one CT (HU, any orientation and spacing):
+    /// [`Predictor::prepare`] then [`Predictor::predict_prepared`].
     pub fn predict(&self, ct: &Volume, cfg: &InferenceConfig) -> Result<Prediction> {
+        let prepared = self.prepare(ct, cfg)?;
+        self.predict_prepared(&prepared, cfg)
+    }
+
+    /// Brings a CT onto the model grid (canonical orientation, the
+    /// checkpoint's spacing and HU window), refusing grids larger than
+    /// `cfg.max_model_voxels` before anything is allocated. It needs no
+    /// network, so a driver may run it on another thread while the network
+    /// works on the previous scan.
+    pub fn prepare(&self, ct: &Volume, cfg: &InferenceConfig) -> Result<preprocess::Prepared> {
+        prepare_for(&self.meta, ct, cfg)
+    }
+
+    /// Segments and classifies a scan [`Predictor::prepare`] brought onto
+    /// the model grid; the maps come back on the scan's own grid. A network
+    /// output that is not finite is an error, never a confident answer.
+    pub fn predict_prepared(
+        &self,
+        prepared: &preprocess::Prepared,
+        cfg: &InferenceConfig,
+    ) -> Result<Prediction> {
         cfg.validate()?;
-        let md = self.model_dims(ct);
-        let voxels = md.iter().map(|&d| d as u128).product::<u128>();
-        if voxels > cfg.max_model_voxels as u128 {
-            return Err(Error::InvalidArgument(format!(
-                "the scan would become a {}x{}x{} grid at the model's {:?} mm spacing, more than {} voxels",
-                md[0], md[1], md[2], self.meta.preprocess.spacing_mm, cfg.max_model_voxels
-            )));
-        }
-        let prepared = preprocess::prepare(ct, &self.meta.preprocess)?;
         let dims = prepared.volume.dims();
         let patch = self.meta.model.patch;
         let padded: [usize; 3] = std::array::from_fn(|a| dims[a].max(patch[a]));
@@ -344,6 +382,19 @@ impl Predictor {
                 .into_iter()
                 .map(f64::from)
                 .collect();
+        // NaN compares false everywhere, so a poisoned network would
+        // otherwise yield class 0 and an empty or full mask without a word.
+        if let Some(c) = class_probabilities.iter().position(|p| !p.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "the network's probability of class {c} is {} for this scan",
+                class_probabilities[c]
+            )));
+        }
+        if let Some(v) = probability.data().iter().find(|p| !p.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "the network's lesion probability map holds {v} for this scan"
+            )));
+        }
         let class_index = class_probabilities
             .iter()
             .enumerate()

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor, nn};
 use crate::cli::BenchModelArgs;
 
 pub fn run(args: BenchModelArgs) -> anyhow::Result<()> {
-    let device = super::model::device(&args.device)?;
+    let device = multir_common::device::open(args.device.device)?;
     // "shipped" times the configuration of the compiled-in model, so the
     // benchmark follows it when it is retrained.
     let mut cfg = if args.model == "shipped" {

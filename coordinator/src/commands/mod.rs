@@ -1,13 +1,14 @@
 //! One module per subcommand; each takes its parsed arguments.
 
 mod bench_model;
-pub mod evaluate;
 mod export;
 mod inspect;
 mod metrics;
-mod model;
+mod outputs;
 mod predict;
+mod report;
 mod resample;
+pub mod run;
 mod synth;
 mod train;
 
@@ -30,7 +31,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Metrics(args) => metrics::run(args),
         Command::Train(args) => train::run(*args),
         Command::Predict(args) => predict::run(args),
-        Command::Evaluate(args) => evaluate::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Report(args) => report::run(args),
         Command::Export(args) => export::run(args),
         Command::BenchModel(args) => bench_model::run(args),
     }

@@ -1,13 +1,18 @@
-//! `multir predict`: lesion masks, class probabilities and (on request)
-//! probability maps and Grad-CAM heat maps for individual scans. One JSON
-//! line per scan on stdout; a scan that fails is reported and the others
-//! still run.
+//! `multir predict`: lesion masks, class probabilities, lesion burden and
+//! (on request) probability maps and Grad-CAM heat maps for individual
+//! scans, through the same per-scan processor as `multir run`. One JSON
+//! line per scan on stdout (the scan's result row and the files written);
+//! a scan that fails is reported and the others still run.
 
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
-use multir_common::io::{self, nifti};
-use multir_common::model::Predictor;
+use multir_common::io::nifti;
+use multir_common::job::{Job, Source};
+use multir_common::process::{Model, ProcessConfig, Processor};
+use multir_common::results::Status;
+use multir_common::results::sink::{ScanOutput, Sink};
+use multir_common::runner::{self, RunOptions};
 
 use crate::cli::PredictArgs;
 
@@ -26,59 +31,116 @@ pub fn scan_name(path: &Path) -> String {
     name
 }
 
-pub fn run(args: PredictArgs) -> anyhow::Result<()> {
-    let ck = super::model::checkpoint(args.infer.checkpoint.as_deref())?;
-    let device = super::model::device(&args.infer.device)?;
-    let predictor = Predictor::new(&ck, device)?;
-    let cfg = args.infer.config(args.gradcam);
-    cfg.validate()?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| multir_common::Error::Io(e).in_file(&args.out))?;
-    let classes = &ck.meta.classes;
-    let mut failed = 0;
-    for input in &args.inputs {
-        let t = Instant::now();
-        let result = (|| -> anyhow::Result<serde_json::Value> {
-            let ct = io::load_path(input, &args.load.options())?.volume;
-            let p = predictor.predict(&ct, &cfg).map_err(|e| e.in_file(input))?;
-            let name = scan_name(input);
-            let mask_path = args.out.join(format!("{name}_mask.nii.gz"));
-            nifti::write_path(&mask_path, &p.mask, &nifti::WriteOptions::mask())?;
-            let mut files = vec![mask_path.display().to_string()];
-            if args.probabilities {
-                let f = args.out.join(format!("{name}_prob.nii.gz"));
-                nifti::write_path(&f, &p.probability, &nifti::WriteOptions::float32())?;
-                files.push(f.display().to_string());
-            }
-            if let Some(cam) = &p.gradcam {
-                let f = args.out.join(format!("{name}_gradcam.nii.gz"));
-                nifti::write_path(&f, cam, &nifti::WriteOptions::float32())?;
-                files.push(f.display().to_string());
-            }
-            let voxels = p.mask.data().iter().filter(|&&v| v > 0.5).count();
-            Ok(serde_json::json!({
-                "input": input.display().to_string(),
-                "class": classes[p.class_index],
-                "probabilities": classes.iter().cloned().zip(p.class_probabilities.iter().map(|&v| serde_json::Value::from(v))).collect::<serde_json::Map<_, _>>(),
-                "lesion_volume_ml": voxels as f64 * p.mask.voxel_volume_mm3() / 1000.0,
-                "windows": p.windows,
-                "seconds": t.elapsed().as_secs_f64(),
-                "files": files,
-            }))
-        })();
-        match result {
-            Ok(v) => super::emit(v)?,
-            Err(e) => {
-                failed += 1;
-                tracing::error!("{e:#}");
-                super::emit(
-                    serde_json::json!({"input": input.display().to_string(), "error": format!("{e:#}")}),
-                )?;
+/// Writes each scan's maps under `out` and prints its JSON line.
+struct PredictSink<'a> {
+    out: &'a Path,
+    inputs: Vec<PathBuf>,
+    failed: usize,
+    next: usize,
+}
+
+impl PredictSink<'_> {
+    fn files(&self, name: &str) -> [PathBuf; 3] {
+        ["mask", "prob", "gradcam"].map(|k| self.out.join(format!("{name}_{k}.nii.gz")))
+    }
+
+    fn write(&self, o: &ScanOutput, name: &str) -> multir_common::Result<Vec<String>> {
+        let [mask_f, prob_f, cam_f] = self.files(name);
+        let mut files = Vec::new();
+        let maps = [
+            (&o.mask, mask_f, nifti::WriteOptions::mask()),
+            (&o.probability, prob_f, nifti::WriteOptions::float32()),
+            (&o.gradcam, cam_f, nifti::WriteOptions::float32()),
+        ];
+        for (vol, path, opts) in maps {
+            if let Some(v) = vol {
+                nifti::write_path(&path, v, &opts)?;
+                files.push(path.display().to_string());
             }
         }
+        Ok(files)
     }
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} scans failed", args.inputs.len());
+}
+
+impl Sink for PredictSink<'_> {
+    fn accept(&mut self, o: ScanOutput) -> multir_common::Result<()> {
+        // The runner keeps job order, so the n-th output is the n-th input.
+        let input = self.inputs[self.next].clone();
+        self.next += 1;
+        let name = o.record.scan.scan_id.clone();
+        let files = self.write(&o, &name)?;
+        let row = &o.record.scan;
+        if row.status == Status::Error {
+            self.failed += 1;
+            tracing::error!("{}", row.error.as_deref().unwrap_or("failed"));
+        }
+        let mut line = serde_json::to_value(row).map_err(|e| {
+            multir_common::Error::InvalidArgument(format!("cannot encode the result: {e}"))
+        })?;
+        line["input"] = input.display().to_string().into();
+        line["classes"] = o.record.classes.clone().into();
+        line["files"] = files.into();
+        super::emit(line)?;
+        Ok(())
+    }
+}
+
+pub fn run(args: PredictArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = args.inputs.iter().map(|p| scan_name(p)).collect();
+    for (input, name) in args.inputs.iter().zip(&names) {
+        multir_common::manifest::check_scan_id(name)
+            .map_err(|why| multir_common::Error::InvalidArgument(why).in_file(input))?;
+    }
+    super::outputs::check_ids(names.iter().map(String::as_str))?;
+    let pairs: Vec<(PathBuf, PathBuf)> = args
+        .inputs
+        .iter()
+        .zip(&names)
+        .map(|(i, n)| (i.clone(), args.out.join(format!("{n}_mask.nii.gz"))))
+        .collect();
+    super::outputs::refuse_collisions(&pairs)?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| multir_common::Error::Io(e).in_file(&args.out))?;
+    let cfg = ProcessConfig {
+        max_voxels: args.load.max_voxels,
+        series_uid: args.load.series_uid.clone(),
+        inference: args.infer.config(args.gradcam),
+        probability_maps: args.probabilities,
+        ..ProcessConfig::default()
+    };
+    cfg.validate()?;
+    let model = Model::open(args.infer.checkpoint.as_deref())?;
+    let device = multir_common::device::open(args.infer.device.device)?;
+    let processor = Processor::new(&model, device, &cfg)?;
+    let jobs: Vec<Job> = args
+        .inputs
+        .iter()
+        .zip(names)
+        .map(|(input, scan_id)| Job {
+            scan_id,
+            image: Source::path(input),
+            mask: None,
+            label: None,
+        })
+        .collect();
+    let mut sink = PredictSink {
+        out: &args.out,
+        inputs: args.inputs.clone(),
+        failed: 0,
+        next: 0,
+    };
+    let never = AtomicBool::new(false);
+    runner::run(
+        jobs,
+        &processor,
+        &mut sink,
+        |_, _| false,
+        &never,
+        RunOptions::default(),
+        |_| {},
+    )?;
+    if sink.failed > 0 {
+        anyhow::bail!("{} of {} scans failed", sink.failed, args.inputs.len());
     }
     Ok(())
 }

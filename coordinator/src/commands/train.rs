@@ -11,8 +11,10 @@ use multir_common::preprocess::PreprocessConfig;
 
 use crate::cli::TrainArgs;
 
-/// The shipped model's grid: phantoms are 1.4-2.4 mm in-plane, so a finer
-/// grid would only interpolate; 2.5 mm slices keep 32-slice windows 8 cm deep.
+/// The default grid of the `small` and `tiny` presets: phantoms are 1.4-2.4
+/// mm in-plane, so a finer grid would only interpolate; 2.5 mm slices keep
+/// 32-slice windows 8 cm deep. (The shipped model was trained on a coarser
+/// 3.2 x 3.2 x 5 mm grid with `--spacing`; see `models/README.md`.)
 pub const SMALL_SPACING_MM: [f64; 3] = [1.6, 1.6, 2.5];
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -66,7 +68,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     cfg.seed = args.seed;
     cfg.max_seconds = args.max_minutes.map(|m| m * 60.0);
     cfg.validate()?;
-    let device = super::model::device(&args.device)?;
+    let device = multir_common::device::open(args.device.device)?;
     let read = |p: &Option<std::path::PathBuf>| p.as_deref().map(Checkpoint::read_path).transpose();
     let (resume, init) = (read(&args.resume)?, read(&args.init)?);
     let start = match (&resume, &init) {
