@@ -98,9 +98,16 @@ pub struct SegmentationMetrics {
     pub tolerance_mm: f64,
 }
 
-/// NaN and infinities become `None`.
+/// NaN and infinities become `None`; -0.0 becomes 0.0.
 fn defined(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
+    x.is_finite().then_some(unsigned_zero(x))
+}
+
+/// -0.0 as 0.0, every other value unchanged (IEEE: -0.0 + 0.0 = +0.0), so
+/// that no output prints "-0.0" (a `--tolerance-mm -0`, a zero volume times
+/// a sign): a zero distance or volume has no direction.
+fn unsigned_zero(x: f64) -> f64 {
+    x + 0.0
 }
 
 /// Voxel counts of truth, prediction and their intersection, from the rows
@@ -178,7 +185,10 @@ pub fn segmentation_metrics(
     let sum = n_t + n_p;
     let union = sum - n_both;
     let ml = truth.voxel_volume_mm3() / 1000.0;
-    let (volume_truth_ml, volume_pred_ml) = (n_t as f64 * ml, n_p as f64 * ml);
+    let (volume_truth_ml, volume_pred_ml) = (
+        unsigned_zero(n_t as f64 * ml),
+        unsigned_zero(n_p as f64 * ml),
+    );
     Ok(SegmentationMetrics {
         dice: (sum > 0).then(|| 2.0 * n_both as f64 / sum as f64),
         jaccard: (union > 0).then(|| n_both as f64 / union as f64),
@@ -192,8 +202,8 @@ pub fn segmentation_metrics(
         hausdorff: defined(sd.robust_hausdorff(100.0)),
         volume_truth_ml,
         volume_pred_ml,
-        volume_difference_ml: volume_pred_ml - volume_truth_ml,
-        tolerance_mm,
+        volume_difference_ml: unsigned_zero(volume_pred_ml - volume_truth_ml),
+        tolerance_mm: unsigned_zero(tolerance_mm),
     })
 }
 
@@ -294,6 +304,16 @@ mod tests {
         }
         assert!(segmentation_metrics(&a, &a, -1.0).is_err());
         assert!(segmentation_metrics(&a, &a, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn no_value_is_negative_zero() {
+        let v = mask([6, 6, 6], [1.0; 3], |i, j, k| i == 2 && j == 3 && k == 3);
+        let m = segmentation_metrics(&v, &v, -0.0).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("-0"), "{json}");
+        assert!(m.tolerance_mm.is_sign_positive());
+        assert_eq!(defined(-0.0).map(f64::is_sign_positive), Some(true));
     }
 
     /// A large box's marching-cubes area approaches the box's area: faces
