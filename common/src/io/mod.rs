@@ -120,10 +120,12 @@ pub fn load_path(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
 }
 
 /// Replaces NaN and infinite voxels by the smallest finite value of the
-/// volume (0 when there is none), so that they read as background (air in
-/// CT, outside in masks) and cannot poison sums and interpolation. Returns
-/// how many were replaced; loaders log a warning with that count.
-pub fn replace_nonfinite(data: &mut [f32]) -> u64 {
+/// volume, so that they read as background (air in CT, outside in masks)
+/// and cannot poison sums and interpolation. Returns how many were
+/// replaced; loaders log a warning with that count. A volume with no finite
+/// voxel at all carries no image (there is nothing to call background), and
+/// is refused rather than turned into a block of 0 (water in HU).
+pub fn replace_nonfinite(data: &mut [f32]) -> Result<u64> {
     let mut bad = 0u64;
     let mut min = f32::INFINITY;
     for &v in data.iter() {
@@ -133,13 +135,17 @@ pub fn replace_nonfinite(data: &mut [f32]) -> u64 {
             bad += 1;
         }
     }
+    if bad > 0 && bad == data.len() as u64 {
+        return Err(Error::InvalidArgument(
+            "every voxel is NaN or infinite: the volume holds no image".into(),
+        ));
+    }
     if bad > 0 {
-        let fill = if min.is_finite() { min } else { 0.0 };
         data.iter_mut()
             .filter(|v| !v.is_finite())
-            .for_each(|v| *v = fill);
+            .for_each(|v| *v = min);
     }
-    bad
+    Ok(bad)
 }
 
 #[cfg(test)]
@@ -149,11 +155,13 @@ mod tests {
     #[test]
     fn nonfinite_become_the_minimum() {
         let mut d = vec![3.0, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY];
-        assert_eq!(replace_nonfinite(&mut d), 3);
+        assert_eq!(replace_nonfinite(&mut d).unwrap(), 3);
         assert_eq!(d, vec![3.0, -2.0, -2.0, -2.0, -2.0]);
-        let mut all_bad = vec![f32::NAN; 2];
-        assert_eq!(replace_nonfinite(&mut all_bad), 2);
-        assert_eq!(all_bad, vec![0.0, 0.0]);
+        let mut fine = vec![1.0, 2.0];
+        assert_eq!(replace_nonfinite(&mut fine).unwrap(), 0);
+        let mut all_bad = vec![f32::NAN, f32::INFINITY];
+        let e = replace_nonfinite(&mut all_bad).unwrap_err().to_string();
+        assert!(e.contains("every voxel is NaN or infinite"), "{e}");
     }
 
     #[test]
