@@ -98,6 +98,24 @@ pub struct SegmentationMetrics {
     pub tolerance_mm: f64,
 }
 
+/// A spacing as the decimal it was written from when it is exactly a
+/// float32 (NIfTI headers store float32: 0.6 mm is stored as
+/// 0.6000000238418579), else unchanged. Distances are compared with the
+/// tolerance exactly as the reference does (`sqrt` of the sum of squared
+/// per-axis mm offsets, in f64, `<=`); with the float32 value two voxels of
+/// 0.6 and 0.8 mm would be 2.0000000477 mm apart and miss a 2 mm tolerance
+/// that the same masks at 0.6 x 0.8 mm meet. A float32's shortest decimal
+/// is unique, and a spacing that is not exactly a float32 (DICOM's decimal
+/// strings, oblique column lengths) is left alone.
+fn stored_decimal(s: f64) -> f64 {
+    let f = s as f32;
+    if f64::from(f) == s {
+        f.to_string().parse().unwrap_or(s)
+    } else {
+        s
+    }
+}
+
 /// NaN and infinities become `None`; -0.0 becomes 0.0.
 fn defined(x: f64) -> Option<f64> {
     x.is_finite().then_some(unsigned_zero(x))
@@ -168,7 +186,7 @@ pub fn segmentation_metrics(
     }
     check_same_grid(truth, pred, "truth", "prediction")?;
     let dims = truth.dims();
-    let spacing = truth.spacing();
+    let spacing = truth.spacing().map(stored_decimal);
     surface::check_grid(truth.len(), pred.len(), dims)?;
     surface::check_spacing(spacing)?;
     let (td, pd) = (truth.data(), pred.data());
@@ -304,6 +322,23 @@ mod tests {
         }
         assert!(segmentation_metrics(&a, &a, -1.0).is_err());
         assert!(segmentation_metrics(&a, &a, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn float32_spacings_are_read_as_their_decimals() {
+        assert_eq!(stored_decimal(f64::from(0.6f32)), 0.6);
+        assert_eq!(stored_decimal(f64::from(0.703125f32)), 0.703125);
+        assert_eq!(stored_decimal(0.6), 0.6);
+        // Not exactly a float32: left alone.
+        assert_eq!(stored_decimal(0.123456789012), 0.123456789012);
+        // Two voxels of 0.6 and 0.8 mm are 2 mm apart, within a 2 mm
+        // tolerance.
+        let dims = [3, 8, 8];
+        let spacing = [f64::from(5.0f32), f64::from(0.6f32), f64::from(0.8f32)];
+        let t = mask(dims, spacing, |i, j, k| i == 1 && j == 1 && k == 1);
+        let p = mask(dims, spacing, |i, j, k| i == 1 && j == 4 && k == 4);
+        let m = segmentation_metrics(&t, &p, 2.0).unwrap();
+        assert!(m.surface_overlap_pred.unwrap() > 0.0, "{m:?}");
     }
 
     #[test]
