@@ -36,17 +36,22 @@ fn sq(d: i64, s: f64) -> f64 {
 
 /// The lower envelope of `f(p) + s^2 (q - p)^2` over the finite entries of
 /// `f`, evaluated at every `q`: writes the minimising `p` (or `u32::MAX`
-/// when every entry is infinite) into `arg[q]`. `v` and `z` are scratch
-/// buffers.
-fn envelope(f: &[f64], s: f64, arg: &mut [u32], v: &mut Vec<usize>, z: &mut Vec<f64>) {
+/// when every entry is infinite) into `arg[q]`. `finite` lists the finite
+/// entries in increasing order. `v` and `z` are scratch buffers.
+fn envelope(
+    f: &[f64],
+    finite: impl Iterator<Item = usize>,
+    s: f64,
+    arg: &mut [u32],
+    v: &mut Vec<usize>,
+    z: &mut Vec<f64>,
+) {
     let n = f.len();
     let s2 = s * s;
     v.clear();
     z.clear();
-    for (p, &fp) in f.iter().enumerate() {
-        if !fp.is_finite() {
-            continue;
-        }
+    for p in finite {
+        let fp = f[p];
         let pf = p as f64;
         let own = fp + s2 * pf * pf;
         loop {
@@ -157,25 +162,30 @@ pub fn distances_in_box(
     dx.par_chunks_mut(plane)
         .zip(dy.par_chunks_mut(plane))
         .for_each(|(sx, sy)| {
-            let (mut f, mut arg) = (vec![0.0f64; ny], vec![0u32; ny]);
+            // After pass 1 a row is either all NONE (no target) or has an
+            // offset everywhere; the same rows hold the parabolas of every
+            // column of the slice, often a small fraction of them.
+            let rows: Vec<usize> = (0..ny).filter(|&y| sx[nx * y] != NONE).collect();
+            if rows.is_empty() {
+                return;
+            }
+            let (mut f, mut arg) = (vec![f64::INFINITY; ny], vec![0u32; ny]);
             let (mut v, mut z) = (Vec::new(), Vec::new());
             let mut col_dx = vec![NONE; ny];
             for x in 0..nx {
-                let mut any = false;
-                for y in 0..ny {
+                for &y in &rows {
                     let d = sx[x + nx * y];
                     col_dx[y] = d;
-                    f[y] = if d == NONE {
-                        f64::INFINITY
-                    } else {
-                        any = true;
-                        sq(i64::from(d), spacing[0])
-                    };
+                    f[y] = sq(i64::from(d), spacing[0]);
                 }
-                if !any {
-                    continue;
-                }
-                envelope(&f, spacing[1], &mut arg, &mut v, &mut z);
+                envelope(
+                    &f,
+                    rows.iter().copied(),
+                    spacing[1],
+                    &mut arg,
+                    &mut v,
+                    &mut z,
+                );
                 for y in 0..ny {
                     let p = arg[y] as usize;
                     sx[x + nx * y] = col_dx[p];
@@ -200,10 +210,19 @@ pub fn distances_in_box(
         order[fill[y]] = i as u32;
         fill[y] += 1;
     }
-    let results: Vec<Vec<(u32, f64)>> = (0..ny)
+    // Distances in `order`'s order, one disjoint chunk per y plane.
+    let mut sorted = vec![f64::INFINITY; queries.len()];
+    let mut chunks = Vec::with_capacity(ny);
+    let mut rest = sorted.as_mut_slice();
+    for y in 0..ny {
+        let (chunk, tail) = rest.split_at_mut(first[y + 1] - first[y]);
+        chunks.push((y, chunk));
+        rest = tail;
+    }
+    chunks
         .into_par_iter()
-        .filter(|&y| first[y + 1] > first[y])
-        .map_init(
+        .filter(|(_, chunk)| !chunk.is_empty())
+        .for_each_init(
             // Buffers reused by each worker thread across y planes.
             || {
                 (
@@ -214,7 +233,7 @@ pub fn distances_in_box(
                     Vec::new(),
                 )
             },
-            |(has, g, arg, v, zb), y| {
+            |(has, g, arg, v, zb), (y, out)| {
                 let group = &order[first[y]..first[y + 1]];
                 has.fill(false);
                 for &qi in group {
@@ -238,27 +257,21 @@ pub fn distances_in_box(
                 }
                 for x in (0..nx).filter(|&x| has[x]) {
                     let f = &g[x * nz..(x + 1) * nz];
-                    envelope(f, spacing[2], &mut arg[x * nz..(x + 1) * nz], v, zb);
+                    let finite = (0..nz).filter(|&z| f[z].is_finite());
+                    envelope(f, finite, spacing[2], &mut arg[x * nz..(x + 1) * nz], v, zb);
                 }
-                group
-                    .iter()
-                    .map(|&qi| {
-                        let [x, _, z] = local(&queries[qi as usize]);
-                        let p = arg[x * nz + z];
-                        let d = if p == u32::MAX {
-                            f64::INFINITY
-                        } else {
-                            (g[x * nz + p as usize] + sq(i64::from(p) - z as i64, spacing[2]))
-                                .sqrt()
-                        };
-                        (qi, d)
-                    })
-                    .collect::<Vec<_>>()
+                for (&qi, o) in group.iter().zip(out.iter_mut()) {
+                    let [x, _, z] = local(&queries[qi as usize]);
+                    let p = arg[x * nz + z];
+                    if p != u32::MAX {
+                        *o = (g[x * nz + p as usize] + sq(i64::from(p) - z as i64, spacing[2]))
+                            .sqrt();
+                    }
+                }
             },
-        )
-        .collect();
+        );
     let mut dist = vec![f64::INFINITY; queries.len()];
-    for (qi, d) in results.into_iter().flatten() {
+    for (&qi, d) in order.iter().zip(sorted) {
         dist[qi as usize] = d;
     }
     dist
