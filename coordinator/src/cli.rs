@@ -254,10 +254,10 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 1.0, value_parser = multir_common::cli::parse_non_negative_mm)]
     pub tolerance_mm: f64,
     /// Exit with status 3 when the accuracy is below this.
-    #[arg(long, value_parser = multir_common::cli::parse_fraction)]
+    #[arg(long, value_parser = multir_common::cli::parse_quality_bar)]
     pub min_accuracy: Option<f64>,
     /// Exit with status 3 when the mean Dice of scans with lesions is below this.
-    #[arg(long, value_parser = multir_common::cli::parse_fraction)]
+    #[arg(long, value_parser = multir_common::cli::parse_quality_bar)]
     pub min_dice: Option<f64>,
     #[command(flatten)]
     pub infer: InferArgs,

@@ -84,18 +84,6 @@ fn bad_option_values_are_usage_errors() {
                 manifest,
                 "--out",
                 out,
-                "--min-dice",
-                "1.5",
-            ],
-            "--min-dice",
-        ),
-        (
-            vec![
-                "evaluate",
-                "--manifest",
-                manifest,
-                "--out",
-                out,
                 "--tolerance-mm",
                 "NaN",
             ],
