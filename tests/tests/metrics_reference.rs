@@ -170,22 +170,43 @@ fn distances_equal_to_the_tolerance_are_within_it() {
     let (at, below) = (find("tie"), find("tie_below"));
     let want = |c: &Value| c["expected"]["surface_overlap_pred"].as_f64().unwrap();
     // The fixture has ties: the reference's values differ at 2.0 and 1.9999.
-    assert!(want(at) > want(below) + 0.01, "{} vs {}", want(at), want(below));
+    assert!(
+        want(at) > want(below) + 0.01,
+        "{} vs {}",
+        want(at),
+        want(below)
+    );
     let load = |key: &str| {
-        load_path(dir().join(at[key].as_str().unwrap()), &LoadOptions::default())
-            .unwrap()
-            .volume
+        load_path(
+            dir().join(at[key].as_str().unwrap()),
+            &LoadOptions::default(),
+        )
+        .unwrap()
+        .volume
     };
     let (truth, pred) = (load("truth"), load("pred"));
     let got = |tol: f64| {
         let m = segmentation_metrics(&truth, &pred, tol).unwrap();
-        (m.surface_overlap_pred.unwrap(), m.surface_overlap_truth.unwrap(), m.surface_dice.unwrap())
+        (
+            m.surface_overlap_pred.unwrap(),
+            m.surface_overlap_truth.unwrap(),
+            m.surface_dice.unwrap(),
+        )
     };
     let field = |c: &Value, f: &str| c["expected"][f].as_f64().unwrap();
     for (case, tol) in [(at, 2.0), (below, 1.9999)] {
         let (p, t, sd) = got(tol);
-        assert!(close(p, field(case, "surface_overlap_pred")), "{tol}: pred {p}");
-        assert!(close(t, field(case, "surface_overlap_truth")), "{tol}: truth {t}");
-        assert!(close(sd, field(case, "surface_dice")), "{tol}: surface dice {sd}");
+        assert!(
+            close(p, field(case, "surface_overlap_pred")),
+            "{tol}: pred {p}"
+        );
+        assert!(
+            close(t, field(case, "surface_overlap_truth")),
+            "{tol}: truth {t}"
+        );
+        assert!(
+            close(sd, field(case, "surface_dice")),
+            "{tol}: surface dice {sd}"
+        );
     }
 }

@@ -13,9 +13,10 @@
 //! is monotone in the partial sum it extends (the minimum of
 //! `fl(G + x)` over targets is `fl(min G + x)`). Each 1-D pass takes the
 //! lower envelope of parabolas (real arithmetic, so its breakpoints may be
-//! off by rounding) and then compares, at every point, the envelope's
-//! parabola with its two neighbours in the rounded arithmetic, which settles
-//! near-ties between neighbouring parabolas. What is stored per lattice
+//! off by rounding, far less than a lattice step) and then, at every point
+//! within a step of a breakpoint, compares the envelope's parabola with its
+//! two neighbours in the rounded arithmetic, which settles near-ties between
+//! neighbouring parabolas. What is stored per lattice
 //! point is the offset to the chosen target (two i16), not a distance, so
 //! the memory is 4 bytes per point of the box and every value is recomputed
 //! from integers exactly as scipy computes it.
