@@ -1,6 +1,6 @@
 """Writes the mask pair of the segmentation-metrics benchmark.
 
-    python bench/metrics/make_pair.py OUT_DIR [--seed 0]
+    python bench/metrics/make_pair.py OUT_DIR [--seed 0] [--salt 0.02]
 
 Writes OUT_DIR/truth.nii.gz and OUT_DIR/pred.nii.gz: uint8 masks of
 512 x 512 x 300 voxels (i, j, k) at 0.7 x 0.7 x 1.25 mm, a chest CT's grid.
@@ -10,6 +10,12 @@ bounding box is most of the volume, as in a bilateral pneumonia. The
 prediction is the truth perturbed lesion by lesion, like a decent model's
 output: each blob shifted by up to two voxels, grown or shrunk by up to 15%,
 one blob missed and three false-positive blobs added.
+
+With `--salt F` a random fraction F of all voxels of the prediction is
+also set (salt noise, the isolated false positives of a thresholded
+probability map: `--salt 0.02` scatters about 1.6 million single voxels),
+which multiplies the surface elements (each stray voxel has eight corners)
+without changing the bounding box.
 
 Needs numpy and nibabel (the project venv has both).
 """
@@ -51,6 +57,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--salt", type=float, default=0.0, help="fraction of voxels set at random in the prediction")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     lesions = [lesion(rng, rng.uniform(0.95, 1.85)) for _ in range(40)]
@@ -72,6 +79,10 @@ def main():
     for _ in range(3):
         for c, r in lesion(rng, 0.7):
             paint(pred, c, r)
+
+    if args.salt > 0:
+        # A separate stream, so the smooth pair is the same with or without it.
+        pred |= np.random.default_rng(args.seed + 1).random(DIMS) < args.salt
 
     args.out.mkdir(parents=True, exist_ok=True)
     affine = np.diag(list(ZOOMS) + [1.0])

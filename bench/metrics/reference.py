@@ -35,6 +35,13 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 import surface_distance as sd  # noqa: E402
 
 
+def stored_decimal(x):
+    """The decimal a float32 header value was written from, or x itself
+    when x is not exactly a float32 (as multir's metrics read spacings)."""
+    f = np.float32(x)
+    return float(str(f)) if float(f) == x else x
+
+
 def nullable(x):
     x = float(x)
     return x if math.isfinite(x) else None
@@ -53,8 +60,12 @@ def main():
     t_img, p_img = nib.load(args.truth), nib.load(args.pred)
     truth = np.asarray(t_img.dataobj) > 0.5
     pred = np.asarray(p_img.dataobj) > 0.5
-    # Spacing as multir reads it: the lengths of the affine's columns.
-    spacing = tuple(float(x) for x in np.sqrt((t_img.affine[:3, :3] ** 2).sum(axis=0)))
+    # Spacing as multir reads it: the lengths of the affine's columns, a
+    # float32 header value as the decimal it was written from (0.7, not
+    # 0.699999988079071).
+    spacing = tuple(
+        stored_decimal(float(x)) for x in np.sqrt((t_img.affine[:3, :3] ** 2).sum(axis=0))
+    )
     load_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()

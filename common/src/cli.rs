@@ -43,11 +43,11 @@ pub struct InferArgs {
     /// Model checkpoint (.safetensors); default: the shipped small model.
     #[arg(long, env = "MULTIR_CHECKPOINT")]
     pub checkpoint: Option<PathBuf>,
-    /// Fractional overlap of neighbouring windows.
-    #[arg(long, env = "MULTIR_OVERLAP", default_value_t = 0.25)]
+    /// Fractional overlap of neighbouring windows, in [0, 0.95).
+    #[arg(long, env = "MULTIR_OVERLAP", default_value_t = 0.25, value_parser = parse_overlap)]
     pub overlap: f64,
-    /// Windows per forward pass.
-    #[arg(long, env = "MULTIR_WINDOW_BATCH", default_value_t = 4)]
+    /// Windows per forward pass, 1 to 1024.
+    #[arg(long, env = "MULTIR_WINDOW_BATCH", default_value_t = 4, value_parser = parse_window_batch)]
     pub window_batch: usize,
     /// Average each window over its 8 mirrorings (8x slower).
     #[arg(long, env = "MULTIR_TTA")]
@@ -58,8 +58,8 @@ pub struct InferArgs {
     /// Where windows are blended: auto, device or host.
     #[arg(long, env = "MULTIR_STITCH", default_value = "auto")]
     pub stitch: Stitch,
-    /// Lesion probability threshold of the mask.
-    #[arg(long, env = "MULTIR_THRESHOLD", default_value_t = 0.5)]
+    /// Lesion probability threshold of the mask, strictly between 0 and 1.
+    #[arg(long, env = "MULTIR_THRESHOLD", default_value_t = 0.5, value_parser = parse_threshold)]
     pub threshold: f32,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -147,6 +147,65 @@ pub fn parse_triple(s: &str) -> Result<[f64; 3], String> {
     Ok(out)
 }
 
+// Option values are checked while the command line is parsed, so a bad
+// value is a usage error (exit 2, with clap's pointer to the option) before
+// any file is read; the library still validates what it is given.
+
+/// Parses a number and refuses NaN and infinities (Rust's `f64` parser
+/// accepts "NaN" and "inf", and a NaN compares false against every bound).
+fn parse_finite(s: &str) -> Result<f64, String> {
+    let x: f64 = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !x.is_finite() {
+        return Err(format!("{s:?} is not a finite number"));
+    }
+    Ok(x)
+}
+
+/// `--overlap`: a fraction in [0, 0.95), the range
+/// [`InferenceConfig`] accepts.
+pub fn parse_overlap(s: &str) -> Result<f64, String> {
+    let x = parse_finite(s)?;
+    if !(0.0..0.95).contains(&x) {
+        return Err(format!("{x} is outside [0, 0.95)"));
+    }
+    Ok(x)
+}
+
+/// `--threshold`: a probability strictly between 0 and 1 (0 or 1 would make
+/// every voxel, or none, a lesion).
+pub fn parse_threshold(s: &str) -> Result<f32, String> {
+    let x = parse_finite(s)?;
+    if !(x > 0.0 && x < 1.0) {
+        return Err(format!("{x} is outside (0, 1)"));
+    }
+    Ok(x as f32)
+}
+
+/// `--window-batch`: windows per forward pass, 1 to 1024.
+pub fn parse_window_batch(s: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(1..=1024).contains(&n) {
+        return Err(format!("{n} is outside 1..=1024"));
+    }
+    Ok(n)
+}
+
+/// A distance in mm that is finite and non-negative (`--tolerance-mm`).
+pub fn parse_non_negative_mm(s: &str) -> Result<f64, String> {
+    let x = parse_finite(s)?;
+    if x < 0.0 {
+        return Err(format!("{x} mm is negative"));
+    }
+    Ok(x)
+}
+
+/// A quality bar (`--min-accuracy`, `--min-dice`): any finite number. A
+/// NaN bar would silently pass every run, since nothing compares below NaN;
+/// a bar above 1 can never be met, which is how scripts test the exit code.
+pub fn parse_quality_bar(s: &str) -> Result<f64, String> {
+    parse_finite(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +216,30 @@ mod tests {
         assert!(parse_triple("1,2").is_err());
         assert!(parse_triple("1,0,2").is_err());
         assert!(parse_triple("1,x,2").is_err());
+    }
+
+    #[test]
+    fn option_values_outside_their_range_are_refused() {
+        assert_eq!(parse_overlap("0.5"), Ok(0.5));
+        assert_eq!(parse_overlap("0"), Ok(0.0));
+        for bad in ["1.0", "0.95", "-0.1", "NaN", "inf", "x"] {
+            assert!(parse_overlap(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_threshold("0.3"), Ok(0.3));
+        for bad in ["0", "1", "2", "NaN", "-inf"] {
+            assert!(parse_threshold(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_window_batch("8"), Ok(8));
+        for bad in ["0", "1025", "-1", "2.5"] {
+            assert!(parse_window_batch(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_non_negative_mm("0"), Ok(0.0));
+        for bad in ["NaN", "inf", "-1"] {
+            assert!(parse_non_negative_mm(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_quality_bar("1.01"), Ok(1.01));
+        for bad in ["NaN", "inf", "x"] {
+            assert!(parse_quality_bar(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -12,7 +12,10 @@
 //! - The header row is required. `scan_id` and `image` columns must exist;
 //!   `label` and `mask` may be left out entirely or left empty per row
 //!   (inference cohorts have neither). Other columns are ignored, so a
-//!   spreadsheet with extra notes still reads. Column order is free.
+//!   spreadsheet with extra notes still reads. Column order is free. A
+//!   column name may appear only once, and every row has exactly as many
+//!   fields as the header (an unquoted comma in a path would shift the
+//!   fields after it into the wrong columns).
 //! - `scan_id` must be non-empty and unique. Because later stages name
 //!   output files after it, it may not contain path separators or control
 //!   characters, and may not be `.` or `..`.
@@ -180,6 +183,16 @@ impl Manifest {
                 headers.iter().collect::<Vec<_>>()
             ))
         };
+        // A repeated column name would leave it to chance which one is read.
+        let mut names = HashSet::new();
+        for h in &headers {
+            let name = h.trim_start_matches('\u{feff}').to_ascii_lowercase();
+            if !name.is_empty() && !names.insert(name) {
+                return Err(Error::Manifest(format!(
+                    "line 1: column {h:?} appears more than once in the header"
+                )));
+            }
+        }
         let c_id = find("scan_id").ok_or_else(|| missing("scan_id"))?;
         let c_image = find("image").ok_or_else(|| missing("image"))?;
         let c_label = find("label");
@@ -193,7 +206,11 @@ impl Manifest {
             if record.iter().all(str::is_empty) {
                 continue; // blank lines and rows of empty cells carry nothing
             }
-            if record.len() < headers.len() {
+            // The reader is flexible so that this message, not the csv
+            // crate's, names the line; a row with more fields than the
+            // header (an unquoted comma in a path) is as wrong as one with
+            // fewer: its fields no longer sit under their column names.
+            if record.len() != headers.len() {
                 return Err(Error::Manifest(format!(
                     "line {line}: {} fields, but the header has {}",
                     record.len(),
@@ -490,6 +507,14 @@ mod tests {
         );
         let e = manifest_err("scan_id,image,label\na,a.nii,covid\nb,b.nii\n");
         assert!(e.contains("line 3") && e.contains("2 fields"), "{e}");
+        // An unquoted comma in a path shifts every later field.
+        let e = manifest_err("scan_id,image,label\na,a.nii,covid\nb,x,y.nii,cap\n");
+        assert!(e.contains("line 3") && e.contains("4 fields"), "{e}");
+        let e = manifest_err("scan_id,image,Image\na,a.nii,b.nii\n");
+        assert!(
+            e.contains("line 1") && e.contains("\"Image\" appears more than once"),
+            "{e}"
+        );
         let e = manifest_err("scan_id,image\na,\n");
         assert!(
             e.contains("line 2") && e.contains("empty image path"),

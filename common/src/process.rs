@@ -202,6 +202,7 @@ pub struct InFlight {
     truth: Option<Volume>,
     prepared: Option<Prepared>,
     prediction: Option<Prediction>,
+    first_error: Option<Error>,
 }
 
 impl InFlight {
@@ -212,9 +213,12 @@ impl InFlight {
 
     /// Records a failure of the scan as a whole: the message names the scan
     /// and (through the error) the file.
-    fn fail(&mut self, err: &Error) {
+    fn fail(&mut self, err: Error) {
         let message = format!("scan {}: {err}", self.row.scan_id);
         self.row.fail(err.fault(), message);
+        if self.first_error.is_none() {
+            self.first_error = Some(err);
+        }
     }
 }
 
@@ -276,6 +280,7 @@ impl Reader {
             truth: None,
             prepared: None,
             prediction: None,
+            first_error: None,
         };
         match guarded("reading", || self.fetch_source(&job.image)) {
             Ok((f, sum)) => {
@@ -283,7 +288,7 @@ impl Reader {
                 s.row.image_sha256 = Some(sum);
                 s.image = Some(f);
             }
-            Err(e) => s.fail(&e),
+            Err(e) => s.fail(e),
         }
         if let Some(m) = &job.mask {
             match guarded("reading", || self.fetch_source(m)) {
@@ -294,7 +299,7 @@ impl Reader {
                 }
                 Err(e) => {
                     let e = e.in_file(m.name());
-                    s.fail(&metrics_lost(e));
+                    s.fail(metrics_lost(e));
                     // The key must still differ from a run where the mask
                     // was readable, so that run's result is not reused.
                     s.key.mask_sha256 = Some("unreadable".into());
@@ -369,9 +374,20 @@ impl Reader {
                 Ok(ct) => {
                     s.row.shape = Some(ct.dims().map(|d| d as u32));
                     s.row.spacing_mm = Some(ct.spacing());
+                    let flags = plausibility_flags(&ct);
+                    if !flags.is_empty() {
+                        tracing::warn!(
+                            "scan {}: {}: does not look like a chest CT ({}); its results \
+                             carry these flags",
+                            s.row.scan_id,
+                            s.image_name,
+                            flags.join(", ")
+                        );
+                        s.row.flags = Some(flags.join(","));
+                    }
                     s.ct = Some(ct);
                 }
-                Err(e) => s.fail(&e),
+                Err(e) => s.fail(e),
             }
         }
         if let (Some(f), Some(ct)) = (s.mask.take(), &s.ct) {
@@ -383,7 +399,7 @@ impl Reader {
             });
             match truth {
                 Ok(v) => s.truth = Some(v),
-                Err(e) => s.fail(&metrics_lost(e)),
+                Err(e) => s.fail(metrics_lost(e)),
             }
         }
         s.row.seconds.read += t.elapsed().as_secs_f64();
@@ -394,7 +410,7 @@ impl Reader {
                 prepare_for(&self.meta, ct, &self.inference).in_file(&name)
             }) {
                 Ok(p) => s.prepared = Some(p),
-                Err(e) => s.fail(&e),
+                Err(e) => s.fail(e),
             }
         }
         s.row.seconds.preprocess = t.elapsed().as_secs_f64();
@@ -402,9 +418,7 @@ impl Reader {
 
     fn decode_one(&self, f: Fetched) -> Result<Volume> {
         let loaded = match f {
-            Fetched::File { name, data } => {
-                nifti::read(std::io::Cursor::new(&data[..]), &self.load).in_file(&name)?
-            }
+            Fetched::File { name, data } => nifti::read_named(&data, &name, &self.load)?,
             Fetched::Folder(path) => dicom::read_series_dir(&path, &self.load)?,
             Fetched::Series { name, files } => {
                 let files = Arc::try_unwrap(files).unwrap_or_else(|shared| (*shared).clone());
@@ -413,6 +427,48 @@ impl Reader {
         };
         Ok(loaded.volume)
     }
+}
+
+/// Fewest slices (and voxels along any axis) a chest CT is expected to
+/// have; fewer is flagged `few_slices`.
+pub const MIN_CHEST_SLICES: usize = 16;
+/// Smallest extent in mm along every axis of a chest CT: a thorax is more
+/// than 10 cm across and deep.
+pub const MIN_CHEST_EXTENT_MM: f64 = 100.0;
+
+/// Why a decoded CT does not look like a chest CT, as flags for the
+/// result row (`flags`, comma-separated) and a warning in the log. The
+/// scan is still processed: a flag says "look at this", not "refused".
+///
+/// - `few_slices`: fewer than [`MIN_CHEST_SLICES`] voxels along an axis;
+/// - `small_field`: less than [`MIN_CHEST_EXTENT_MM`] along an axis;
+/// - `all_air`: nothing denser than -500 HU (no body);
+/// - `no_air`: nothing below -500 HU (no lungs, so not a chest CT in HU,
+///   or not in HU at all);
+/// - `label_map`: only the values 0 and 1, a mask given as the image.
+pub fn plausibility_flags(ct: &Volume) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    let dims = ct.dims();
+    let sp = ct.spacing();
+    if dims.iter().any(|&d| d < MIN_CHEST_SLICES) {
+        flags.push("few_slices");
+    }
+    if (0..3).any(|a| dims[a] as f64 * sp[a] < MIN_CHEST_EXTENT_MM) {
+        flags.push("small_field");
+    }
+    let binary = ct.data().iter().all(|&v| v == 0.0 || v == 1.0);
+    if binary {
+        flags.push("label_map");
+    } else {
+        let st = ct.stats();
+        if st.max < -500.0 {
+            flags.push("all_air");
+        }
+        if st.min > -500.0 {
+            flags.push("no_air");
+        }
+    }
+    flags
 }
 
 /// An unusable truth mask costs the metrics, not the prediction: the
@@ -496,7 +552,7 @@ impl Finisher {
                     s.row.set_quantification(&q);
                     lesions = LesionRow::from_quantification(&s.row.scan_id, &q);
                 }
-                Err(e) => s.fail(&e),
+                Err(e) => s.fail(e),
             }
             drop(ct);
             s.row.seconds.quantify = t.elapsed().as_secs_f64();
@@ -506,7 +562,7 @@ impl Finisher {
                     segmentation_metrics(&truth, &p.mask, self.tolerance_mm)
                 }) {
                     Ok(m) => s.row.set_metrics(&m),
-                    Err(e) => s.fail(&metrics_lost(e)),
+                    Err(e) => s.fail(metrics_lost(e)),
                 }
             }
             s.row.seconds.metrics = t.elapsed().as_secs_f64();
@@ -529,6 +585,7 @@ impl Finisher {
             mask,
             probability,
             gradcam,
+            error: s.first_error,
         }
     }
 }
@@ -606,7 +663,7 @@ impl Processor {
                 s.row.windows = Some(p.windows as u32);
                 s.prediction = Some(p);
             }
-            Err(e) => s.fail(&e),
+            Err(e) => s.fail(e),
         }
         s.row.seconds.inference = t.elapsed().as_secs_f64();
     }
@@ -617,5 +674,38 @@ impl Processor {
         self.reader.decode(&mut s);
         self.infer(&mut s);
         self.finisher.finish(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Affine;
+
+    fn vol(dims: [usize; 3], spacing: f64, f: impl Fn(usize) -> f32) -> Volume {
+        let n = dims.iter().product();
+        let a = Affine::from_spacing_origin([spacing; 3], [0.0; 3]);
+        Volume::new((0..n).map(f).collect(), dims, a).unwrap()
+    }
+
+    #[test]
+    fn implausible_chest_cts_are_flagged_and_plausible_ones_not() {
+        let chest = vol(
+            [64, 64, 40],
+            5.0,
+            |i| if i % 3 == 0 { -850.0 } else { 40.0 },
+        );
+        assert!(plausibility_flags(&chest).is_empty());
+        let one = vol([1, 1, 1], 1.0, |_| 40.0);
+        assert_eq!(
+            plausibility_flags(&one),
+            ["few_slices", "small_field", "no_air"]
+        );
+        let air = vol([64, 64, 40], 5.0, |_| -1000.0);
+        assert_eq!(plausibility_flags(&air), ["all_air"]);
+        let labels = vol([64, 64, 40], 5.0, |i| (i % 2) as f32);
+        assert_eq!(plausibility_flags(&labels), ["label_map"]);
+        let thin = vol([64, 64, 4], 5.0, |i| if i % 3 == 0 { -850.0 } else { 40.0 });
+        assert_eq!(plausibility_flags(&thin), ["few_slices", "small_field"]);
     }
 }

@@ -115,7 +115,7 @@ pub struct MetricsArgs {
     pub truth: PathBuf,
     /// Distance (mm) within which surfaces count as touching, for surface
     /// Dice and surface overlap.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = multir_common::cli::parse_non_negative_mm)]
     pub tolerance_mm: f64,
     /// Print one JSON object (metrics, null where undefined, and timings).
     #[arg(long)]
@@ -262,13 +262,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub probabilities: bool,
     /// Surface Dice / overlap tolerance in mm.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = multir_common::cli::parse_non_negative_mm)]
     pub tolerance_mm: f64,
     /// Exit with status 3 when the accuracy is below this.
-    #[arg(long)]
+    #[arg(long, value_parser = multir_common::cli::parse_quality_bar)]
     pub min_accuracy: Option<f64>,
     /// Exit with status 3 when the mean Dice of scans with lesions is below this.
-    #[arg(long)]
+    #[arg(long, value_parser = multir_common::cli::parse_quality_bar)]
     pub min_dice: Option<f64>,
     /// Do not write report.html.
     #[arg(long)]

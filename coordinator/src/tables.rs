@@ -88,6 +88,7 @@ pub fn scan_columns(classes: &[String]) -> Vec<String> {
             "model_sha256",
             "multir_version",
             "device",
+            "flags",
         ]
         .map(String::from),
     );
@@ -248,6 +249,7 @@ pub fn scans_frame(rows: &[ScanRow], classes: &[String]) -> anyhow::Result<DataF
             "device",
             rows.iter().map(|r| Some(r.device.as_str())).collect(),
         ),
+        strs("flags", rows.iter().map(|r| r.flags.as_deref()).collect()),
     ]);
     let df = DataFrame::new(rows.len(), cols)?;
     debug_assert!(
@@ -548,12 +550,13 @@ pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
     ];
     let il: Vec<Vec<Option<u64>>> = ints.iter().map(|n| u(n)).collect::<anyhow::Result<_>>()?;
     let iv = |name: &str, i: usize| il[ints.iter().position(|n| *n == name).expect("listed")][i];
-    let (img, msk, model, ver, dev) = (
+    let (img, msk, model, ver, dev, flags) = (
         s("image_sha256")?,
         s("mask_sha256")?,
         s("model_sha256")?,
         s("multir_version")?,
         s("device")?,
+        s("flags")?,
     );
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
@@ -630,6 +633,7 @@ pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
             model_sha256: model[i].clone().unwrap_or_default(),
             multir_version: ver[i].clone().unwrap_or_default(),
             device: dev[i].clone().unwrap_or_default(),
+            flags: flags[i].clone(),
         });
     }
     Ok(Scans {
@@ -723,6 +727,7 @@ mod tests {
         a.image_sha256 = Some("ab".into());
         a.model_sha256 = "cd".into();
         a.device = "cpu".into();
+        a.flags = Some("few_slices,no_air".into());
         let mut b = ScanRow::new("b", Some("flu".into()));
         b.fail(Fault::Input, "scan b: x.nii.gz: truncated".into());
         vec![a, b]

@@ -532,3 +532,50 @@ fn a_full_disk_stops_the_run_naming_the_file_and_leaves_no_partial_file() {
         }
     }
 }
+
+#[test]
+fn predict_exits_with_the_class_of_its_failure_and_flags_implausible_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data, 1, 26);
+    let out = dir.path().join("pred");
+    let empty = dir.path().join("empty.nii.gz");
+    std::fs::write(&empty, b"").unwrap();
+    let o = run(&["predict", s(&empty), "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(65), "empty file: {}", text(&o));
+    let missing = dir.path().join("missing.nii.gz");
+    let o = run(&["predict", s(&missing), "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(74), "missing file: {}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.nii.gz"));
+
+    // A read-only output folder fails before any inference.
+    let ro = dir.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let image = data.join("images/synth-00000.nii.gz");
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o555);
+    std::fs::set_permissions(&ro, perms).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let o = run(&["predict", s(&image), "--out", s(&ro)]);
+        assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+        assert!(o.stdout.is_empty(), "nothing was predicted");
+    }
+
+    // A CT of two slices runs, with a flag and a warning.
+    let thin = dir.path().join("thin.nii.gz");
+    let o = run(&[
+        "resample",
+        s(&image),
+        "--spacing",
+        "40,40,40",
+        "--out",
+        s(&thin),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&["predict", s(&thin), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["flags"], "few_slices", "{line}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not look like a chest CT"));
+}

@@ -49,7 +49,7 @@ fn close(got: f64, want: f64) -> bool {
 fn all_fields_match_the_reference() {
     let cases = reference();
     assert!(
-        cases.len() >= 9,
+        cases.len() >= 11,
         "reference.json lists {} cases",
         cases.len()
     );
@@ -156,4 +156,57 @@ fn border_touching_masks_are_closed_at_the_volume_edge() {
         unpadded["surface_dice"].as_f64().unwrap(),
         got.surface_dice.unwrap()
     ));
+}
+
+/// Surface points exactly at the tolerance count as within it, as in the
+/// reference (`distances <= tolerance_mm`): at 0.6 x 0.8 mm in-plane, two
+/// voxels along each axis are 2.0 mm apart. The NIfTI header stores the
+/// spacing as float32 (0.6000000238...), which would put them 48 nm too
+/// far; it is read as the decimal it was written from.
+#[test]
+fn distances_equal_to_the_tolerance_are_within_it() {
+    let cases = reference();
+    let find = |name: &str| cases.iter().find(|c| c["name"] == name).unwrap();
+    let (at, below) = (find("tie"), find("tie_below"));
+    let want = |c: &Value| c["expected"]["surface_overlap_pred"].as_f64().unwrap();
+    // The fixture has ties: the reference's values differ at 2.0 and 1.9999.
+    assert!(
+        want(at) > want(below) + 0.01,
+        "{} vs {}",
+        want(at),
+        want(below)
+    );
+    let load = |key: &str| {
+        load_path(
+            dir().join(at[key].as_str().unwrap()),
+            &LoadOptions::default(),
+        )
+        .unwrap()
+        .volume
+    };
+    let (truth, pred) = (load("truth"), load("pred"));
+    let got = |tol: f64| {
+        let m = segmentation_metrics(&truth, &pred, tol).unwrap();
+        (
+            m.surface_overlap_pred.unwrap(),
+            m.surface_overlap_truth.unwrap(),
+            m.surface_dice.unwrap(),
+        )
+    };
+    let field = |c: &Value, f: &str| c["expected"][f].as_f64().unwrap();
+    for (case, tol) in [(at, 2.0), (below, 1.9999)] {
+        let (p, t, sd) = got(tol);
+        assert!(
+            close(p, field(case, "surface_overlap_pred")),
+            "{tol}: pred {p}"
+        );
+        assert!(
+            close(t, field(case, "surface_overlap_truth")),
+            "{tol}: truth {t}"
+        );
+        assert!(
+            close(sd, field(case, "surface_dice")),
+            "{tol}: surface dice {sd}"
+        );
+    }
 }

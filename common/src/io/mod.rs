@@ -128,26 +128,31 @@ pub fn load_path(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
 }
 
 /// Replaces NaN and infinite voxels by the smallest finite value of the
-/// volume (0 when there is none), so that they read as background (air in
-/// CT, outside in masks) and cannot poison sums and interpolation. Returns
-/// how many were replaced; loaders log a warning with that count.
-pub fn replace_nonfinite(data: &mut [f32]) -> u64 {
-    let mut bad = 0u64;
-    let mut min = f32::INFINITY;
-    for &v in data.iter() {
-        if v.is_finite() {
-            min = min.min(v);
-        } else {
-            bad += 1;
-        }
+/// volume, so that they read as background (air in CT, outside in masks)
+/// and cannot poison sums and interpolation. Returns how many were
+/// replaced; loaders log a warning with that count. A volume with no finite
+/// voxel at all carries no image (there is nothing to call background), and
+/// is refused rather than turned into a block of 0 (water in HU).
+pub fn replace_nonfinite(data: &mut [f32]) -> Result<u64> {
+    // A branch-free count first (it vectorises); almost every volume has
+    // nothing to replace, and then this is the only pass.
+    let bad = data.iter().filter(|v| !v.is_finite()).count() as u64;
+    if bad == 0 {
+        return Ok(0);
     }
-    if bad > 0 {
-        let fill = if min.is_finite() { min } else { 0.0 };
-        data.iter_mut()
-            .filter(|v| !v.is_finite())
-            .for_each(|v| *v = fill);
+    if bad == data.len() as u64 {
+        return Err(Error::InvalidArgument(
+            "every voxel is NaN or infinite: the volume holds no image".into(),
+        ));
     }
-    bad
+    let min = data
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(f32::INFINITY, |m, &v| m.min(v));
+    data.iter_mut()
+        .filter(|v| !v.is_finite())
+        .for_each(|v| *v = min);
+    Ok(bad)
 }
 
 #[cfg(test)]
@@ -157,11 +162,13 @@ mod tests {
     #[test]
     fn nonfinite_become_the_minimum() {
         let mut d = vec![3.0, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY];
-        assert_eq!(replace_nonfinite(&mut d), 3);
+        assert_eq!(replace_nonfinite(&mut d).unwrap(), 3);
         assert_eq!(d, vec![3.0, -2.0, -2.0, -2.0, -2.0]);
-        let mut all_bad = vec![f32::NAN; 2];
-        assert_eq!(replace_nonfinite(&mut all_bad), 2);
-        assert_eq!(all_bad, vec![0.0, 0.0]);
+        let mut fine = vec![1.0, 2.0];
+        assert_eq!(replace_nonfinite(&mut fine).unwrap(), 0);
+        let mut all_bad = vec![f32::NAN, f32::INFINITY];
+        let e = replace_nonfinite(&mut all_bad).unwrap_err().to_string();
+        assert!(e.contains("every voxel is NaN or infinite"), "{e}");
     }
 
     #[test]

@@ -246,6 +246,15 @@ impl Header {
         let h = match version {
             Version::Nifti1 => {
                 let magic = &bytes[344..348];
+                if magic == [0; 4] {
+                    // A 348-byte header without NIfTI's magic is the format
+                    // NIfTI-1 extended.
+                    return Err(wrong(
+                        "this is an Analyze 7.5 header (348 bytes, no NIfTI magic): \
+                         convert it to NIfTI (.nii)"
+                            .into(),
+                    ));
+                }
                 if magic != b"n+1\0" && magic != b"ni1\0" {
                     return Err(wrong(format!("magic is {:?}, not \"n+1\"", escape(magic))));
                 }
@@ -538,7 +547,40 @@ pub fn read_path(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     let file = File::open(path).in_file(path)?;
     let len = file.metadata().in_file(path)?.len();
-    read_inner(BufReader::with_capacity(1 << 20, file), opts, Some(len)).in_file(path)
+    read_inner(BufReader::with_capacity(1 << 20, file), opts, Some(len))
+        .map_err(|e| analyze_hint(e, path))
+        .in_file(path)
+}
+
+/// Reads a NIfTI file already in memory (fetched from an object store, or
+/// read once to be checksummed); `name` is the file or object it came from,
+/// which every error names and which, as for [`read_path`], tells an
+/// Analyze `.img` apart.
+pub fn read_named(bytes: &[u8], name: &str, opts: &LoadOptions) -> Result<Loaded> {
+    read_inner(
+        BufReader::with_capacity(1 << 20, bytes),
+        opts,
+        Some(bytes.len() as u64),
+    )
+    .map_err(|e| analyze_hint(e, Path::new(name)))
+    .in_file(name)
+}
+
+/// An Analyze 7.5 (or two-file NIfTI) `.img` holds only voxels; its header
+/// is the `.hdr` beside it. Said in those words rather than as the bad
+/// "sizeof_hdr" its first voxels make.
+fn analyze_hint(e: Error, path: &Path) -> Error {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    if matches!(e, Error::WrongFormat { .. })
+        && (name.ends_with(".img") || name.ends_with(".img.gz"))
+    {
+        return wrong(
+            "this is an Analyze 7.5 image (.img: voxels only, the header is the .hdr beside \
+             it): convert it to NIfTI (.nii)"
+                .into(),
+        );
+    }
+    e
 }
 
 /// Reads just the header (cheap: decompresses at most the first block).
@@ -567,10 +609,36 @@ fn is_gzip<R: BufRead>(r: &mut R) -> Result<bool> {
 fn read_inner<R: BufRead>(mut src: R, opts: &LoadOptions, file_len: Option<u64>) -> Result<Loaded> {
     if is_gzip(&mut src)? {
         let mut dec = BufReader::with_capacity(1 << 20, MultiGzDecoder::new(src));
-        read_stream(&mut dec, opts, None).map_err(gzip_context)
+        let loaded = read_stream(&mut dec, opts, None).map_err(gzip_context)?;
+        // The decoder checks each member's CRC-32 and length (its 8-byte
+        // trailer) only when it reaches the member's end, and reading stops
+        // after the header's promised voxel bytes, just before it: without
+        // this drain a bit flipped inside the compressed voxels would go
+        // unnoticed. Reading on to the end checks every member's trailer
+        // (multi-member files are legal gzip).
+        std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                Error::Truncated(format!(
+                    "corrupt gzip data: the CRC-32 or length in the gzip trailer does not \
+                     match the decompressed bytes ({e})"
+                ))
+            }
+            _ => gzip_context(e.into()),
+        })?;
+        Ok(loaded)
     } else {
+        if looks_like_dicom(src.fill_buf()?) {
+            return Err(wrong(
+                "this is a single DICOM file: pass the folder that holds the series".into(),
+            ));
+        }
         read_stream(&mut src, opts, file_len)
     }
+}
+
+/// A DICOM Part 10 file: a 128-byte preamble, then "DICM".
+fn looks_like_dicom(head: &[u8]) -> bool {
+    head.len() >= 132 && &head[128..132] == b"DICM"
 }
 
 /// Turns the decoder's I/O errors into errors that say what happened.
@@ -653,7 +721,7 @@ fn read_stream<R: Read>(src: &mut R, opts: &LoadOptions, file_len: Option<u64>) 
         let (s, i) = (slope as f32, inter as f32);
         data.iter_mut().for_each(|v| *v = *v * s + i);
     }
-    let nonfinite = replace_nonfinite(&mut data);
+    let nonfinite = replace_nonfinite(&mut data)?;
     if nonfinite > 0 {
         tracing::warn!(
             count = nonfinite,

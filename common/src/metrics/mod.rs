@@ -40,14 +40,21 @@
 //! box (tens of millions of f64 for a lesion spread through a CT). Here the
 //! masks are scanned once for per-row extents, surface corners are found
 //! only next to non-empty rows, and each surfel's distance is an exact
-//! nearest-neighbour search among the other surface's corners (a bitmap
-//! probed outward to ~4 mm, then a k-d tree), so time and memory beyond the
-//! one scan scale with the surface, not the volume.
+//! nearest-neighbour search among the other surface's corners: a bitmap
+//! probed outward to ~4 mm, and for what that misses either a k-d tree or,
+//! when many points miss (a noisy prediction's salt: millions of surfels
+//! far from the truth), one exact distance transform of the box they lie
+//! in, whichever costs less, so the cost is bounded by the box, not by the
+//! number of surfels. The transform keeps two 16-bit offsets per lattice
+//! point (4 bytes, a quarter of one f64 map) and recomputes each distance
+//! from integers with the reference's arithmetic, so values, ties included,
+//! do not depend on the path taken.
 //!
 //! Cohort-level classification and agreement statistics (confusion matrix,
 //! recall/precision/F1, one-vs-rest ROC AUC, Bland–Altman) are in [`cohort`].
 
 pub mod cohort;
+mod edt;
 mod nearest;
 mod surface;
 mod table;
@@ -98,9 +105,34 @@ pub struct SegmentationMetrics {
     pub tolerance_mm: f64,
 }
 
-/// NaN and infinities become `None`.
+/// A spacing as the decimal it was written from when it is exactly a
+/// float32 (NIfTI headers store float32: 0.6 mm is stored as
+/// 0.6000000238418579), else unchanged. Distances are compared with the
+/// tolerance exactly as the reference does (`sqrt` of the sum of squared
+/// per-axis mm offsets, in f64, `<=`); with the float32 value two voxels of
+/// 0.6 and 0.8 mm would be 2.0000000477 mm apart and miss a 2 mm tolerance
+/// that the same masks at 0.6 x 0.8 mm meet. A float32's shortest decimal
+/// is unique, and a spacing that is not exactly a float32 (DICOM's decimal
+/// strings, oblique column lengths) is left alone.
+fn stored_decimal(s: f64) -> f64 {
+    let f = s as f32;
+    if f64::from(f) == s {
+        f.to_string().parse().unwrap_or(s)
+    } else {
+        s
+    }
+}
+
+/// NaN and infinities become `None`; -0.0 becomes 0.0.
 fn defined(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
+    x.is_finite().then_some(unsigned_zero(x))
+}
+
+/// -0.0 as 0.0, every other value unchanged (IEEE: -0.0 + 0.0 = +0.0), so
+/// that no output prints "-0.0" (a `--tolerance-mm -0`, a zero volume times
+/// a sign): a zero distance or volume has no direction.
+fn unsigned_zero(x: f64) -> f64 {
+    x + 0.0
 }
 
 /// Voxel counts of truth, prediction and their intersection, from the rows
@@ -161,7 +193,7 @@ pub fn segmentation_metrics(
     }
     check_same_grid(truth, pred, "truth", "prediction")?;
     let dims = truth.dims();
-    let spacing = truth.spacing();
+    let spacing = truth.spacing().map(stored_decimal);
     surface::check_grid(truth.len(), pred.len(), dims)?;
     surface::check_spacing(spacing)?;
     let (td, pd) = (truth.data(), pred.data());
@@ -178,7 +210,10 @@ pub fn segmentation_metrics(
     let sum = n_t + n_p;
     let union = sum - n_both;
     let ml = truth.voxel_volume_mm3() / 1000.0;
-    let (volume_truth_ml, volume_pred_ml) = (n_t as f64 * ml, n_p as f64 * ml);
+    let (volume_truth_ml, volume_pred_ml) = (
+        unsigned_zero(n_t as f64 * ml),
+        unsigned_zero(n_p as f64 * ml),
+    );
     Ok(SegmentationMetrics {
         dice: (sum > 0).then(|| 2.0 * n_both as f64 / sum as f64),
         jaccard: (union > 0).then(|| n_both as f64 / union as f64),
@@ -192,8 +227,8 @@ pub fn segmentation_metrics(
         hausdorff: defined(sd.robust_hausdorff(100.0)),
         volume_truth_ml,
         volume_pred_ml,
-        volume_difference_ml: volume_pred_ml - volume_truth_ml,
-        tolerance_mm,
+        volume_difference_ml: unsigned_zero(volume_pred_ml - volume_truth_ml),
+        tolerance_mm: unsigned_zero(tolerance_mm),
     })
 }
 
@@ -294,6 +329,33 @@ mod tests {
         }
         assert!(segmentation_metrics(&a, &a, -1.0).is_err());
         assert!(segmentation_metrics(&a, &a, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn float32_spacings_are_read_as_their_decimals() {
+        assert_eq!(stored_decimal(f64::from(0.6f32)), 0.6);
+        assert_eq!(stored_decimal(f64::from(0.703125f32)), 0.703125);
+        assert_eq!(stored_decimal(0.6), 0.6);
+        // Not exactly a float32: left alone.
+        assert_eq!(stored_decimal(0.123456789012), 0.123456789012);
+        // Two voxels of 0.6 and 0.8 mm are 2 mm apart, within a 2 mm
+        // tolerance.
+        let dims = [3, 8, 8];
+        let spacing = [f64::from(5.0f32), f64::from(0.6f32), f64::from(0.8f32)];
+        let t = mask(dims, spacing, |i, j, k| i == 1 && j == 1 && k == 1);
+        let p = mask(dims, spacing, |i, j, k| i == 1 && j == 4 && k == 4);
+        let m = segmentation_metrics(&t, &p, 2.0).unwrap();
+        assert!(m.surface_overlap_pred.unwrap() > 0.0, "{m:?}");
+    }
+
+    #[test]
+    fn no_value_is_negative_zero() {
+        let v = mask([6, 6, 6], [1.0; 3], |i, j, k| i == 2 && j == 3 && k == 3);
+        let m = segmentation_metrics(&v, &v, -0.0).unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("-0"), "{json}");
+        assert!(m.tolerance_mm.is_sign_positive());
+        assert_eq!(defined(-0.0).map(f64::is_sign_positive), Some(true));
     }
 
     /// A large box's marching-cubes area approaches the box's area: faces

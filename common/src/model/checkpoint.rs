@@ -123,6 +123,9 @@ pub struct Checkpoint {
     pub meta: CheckpointMeta,
     /// Tensors by name (sorted).
     pub tensors: BTreeMap<String, StoredTensor>,
+    /// The file it was read from, so that errors found later (weights that
+    /// do not fit the network) still name it.
+    source: Option<std::path::PathBuf>,
 }
 
 impl Checkpoint {
@@ -140,7 +143,11 @@ impl Checkpoint {
         for (name, t) in extra {
             tensors.insert(name.clone(), StoredTensor::from_tensor(t)?);
         }
-        Ok(Checkpoint { meta, tensors })
+        Ok(Checkpoint {
+            meta,
+            tensors,
+            source: None,
+        })
     }
 
     /// The same checkpoint without training state (what is shipped).
@@ -155,7 +162,40 @@ impl Checkpoint {
                 .filter(|(k, _)| !k.starts_with(OPTIM_PREFIX))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            source: self.source.clone(),
         }
+    }
+
+    /// Refuses what would load but cannot give a meaningful answer: a
+    /// non-finite weight (a diverged run; every output would be NaN, which
+    /// `predict` would report as a class with null probabilities), a model
+    /// spacing that is not a positive finite number, and an HU window that
+    /// is empty, reversed or not finite.
+    pub fn validate(&self) -> Result<()> {
+        let spacing = self.meta.preprocess.spacing_mm;
+        if spacing.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(Error::Checkpoint(format!(
+                "model spacing {} x {} x {} mm: every axis must be a positive finite number",
+                spacing[0], spacing[1], spacing[2]
+            )));
+        }
+        let w = self.meta.preprocess.window;
+        if !(w.lo.is_finite() && w.hi.is_finite() && w.lo < w.hi) {
+            return Err(Error::Checkpoint(format!(
+                "HU window {} to {} is empty, reversed or not finite",
+                w.lo, w.hi
+            )));
+        }
+        for (name, t) in &self.tensors {
+            let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(Error::Checkpoint(format!(
+                    "tensor {name} holds {bad} NaN or infinite values (of {})",
+                    t.data.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Encodes as safetensors, metadata under the header key `multir`.
@@ -179,12 +219,12 @@ impl Checkpoint {
             .map(|(k, shape, bytes)| {
                 TensorView::new(Dtype::F32, shape.clone(), bytes)
                     .map(|v| (k.as_str(), v))
-                    .map_err(|e| Error::Checkpoint(format!("tensor {k}: {e:?}")))
+                    .map_err(|e| Error::Checkpoint(format!("tensor {k}: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let info = Some(HashMap::from([("multir".to_string(), json)]));
         safetensors::tensor::serialize(views, &info)
-            .map_err(|e| Error::Checkpoint(format!("cannot encode: {e:?}")))
+            .map_err(|e| Error::Checkpoint(format!("cannot encode: {e}")))
     }
 
     /// Decodes a checkpoint, refusing anything that is not a multir
@@ -192,11 +232,11 @@ impl Checkpoint {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| Error::WrongFormat {
             format: "safetensors",
-            reason: format!("{e:?}"),
+            reason: e.to_string(),
         })?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::WrongFormat {
             format: "safetensors",
-            reason: format!("{e:?}"),
+            reason: e.to_string(),
         })?;
         let json = header
             .metadata()
@@ -249,7 +289,13 @@ impl Checkpoint {
             let shape = view.shape().iter().map(|&s| s as i64).collect();
             tensors.insert(name, StoredTensor { shape, data });
         }
-        Ok(Checkpoint { meta, tensors })
+        let ck = Checkpoint {
+            meta,
+            tensors,
+            source: None,
+        };
+        ck.validate()?;
+        Ok(ck)
     }
 
     /// Reads a checkpoint file.
@@ -264,11 +310,17 @@ impl Checkpoint {
             }
             Self::from_bytes(&std::fs::read(path)?)
         };
-        read().in_file(path)
+        let mut ck = read().in_file(path)?;
+        ck.source = Some(path.to_path_buf());
+        Ok(ck)
     }
 
-    /// Writes the checkpoint atomically ([`crate::io::write_atomic`]).
+    /// Writes the checkpoint atomically ([`crate::io::write_atomic`]),
+    /// after [`Checkpoint::validate`]: a file that would be refused on
+    /// reading is not written.
     pub fn write_path(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.validate().in_file(path)?;
         crate::io::write_atomic(path, |file| {
             file.write_all(&self.to_bytes()?)?;
             Ok(())
@@ -276,8 +328,17 @@ impl Checkpoint {
     }
 
     /// Copies the model weights into `vs`, whose variables must match the
-    /// checkpoint's model tensors one to one, name and shape.
+    /// checkpoint's model tensors one to one, name and shape. Errors name
+    /// the file the checkpoint was read from.
     pub fn load_into(&self, vs: &mut nn::VarStore) -> Result<()> {
+        let result = self.load_into_unnamed(vs);
+        match &self.source {
+            Some(path) => result.in_file(path),
+            None => result,
+        }
+    }
+
+    fn load_into_unnamed(&self, vs: &mut nn::VarStore) -> Result<()> {
         let vars = vs.variables();
         let mut missing: Vec<&String> = vars
             .keys()
@@ -291,12 +352,16 @@ impl Checkpoint {
             .collect();
         unexpected.sort();
         if !missing.is_empty() || !unexpected.is_empty() {
+            let example = |names: &[&String]| match names.first() {
+                Some(n) => format!(" (e.g. {n})"),
+                None => String::new(),
+            };
             return Err(Error::Checkpoint(format!(
-                "weights do not fit the network: {} missing (e.g. {:?}), {} unexpected (e.g. {:?})",
+                "weights do not fit the network: {} missing{}, {} unexpected{}",
                 missing.len(),
-                missing.first(),
+                example(&missing),
                 unexpected.len(),
-                unexpected.first()
+                example(&unexpected)
             )));
         }
         tch::no_grad(|| -> Result<()> {
@@ -398,6 +463,7 @@ mod tests {
         let e = Checkpoint {
             meta: m,
             tensors: ck.tensors.clone(),
+            source: None,
         }
         .to_bytes()
         .map(|b| Checkpoint::from_bytes(&b));
@@ -407,6 +473,7 @@ mod tests {
         let b = Checkpoint {
             meta: m,
             tensors: ck.tensors.clone(),
+            source: None,
         }
         .to_bytes()
         .unwrap();
@@ -421,6 +488,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/m.safetensors"), "{e}");
+    }
+
+    /// Each defect written to a file (through `to_bytes`, which does not
+    /// validate), then read: refused, naming the file and the problem.
+    #[test]
+    fn nonsense_weights_and_preprocessing_are_refused_naming_the_file() {
+        let (vs, _) = net(&ModelConfig::tiny());
+        let good = Checkpoint::from_var_store(&vs, meta(ModelConfig::tiny()), &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let name = good.tensors.keys().nth(1).unwrap().clone();
+        let mut cases: Vec<(&str, Checkpoint, String)> = Vec::new();
+        for (tag, bad) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+            let mut ck = good.clone();
+            ck.tensors.get_mut(&name).unwrap().data[0] = bad;
+            cases.push((tag, ck, format!("tensor {name} holds 1 NaN or infinite")));
+        }
+        for (tag, s) in [("zero", 0.0), ("negative", -0.8)] {
+            let mut ck = good.clone();
+            ck.meta.preprocess.spacing_mm[1] = s;
+            cases.push((tag, ck, "model spacing".into()));
+        }
+        for (tag, lo, hi) in [("reversed", 150.0, -1350.0), ("empty", 40.0, 40.0)] {
+            let mut ck = good.clone();
+            ck.meta.preprocess.window.lo = lo;
+            ck.meta.preprocess.window.hi = hi;
+            cases.push((tag, ck, "HU window".into()));
+        }
+        for (tag, ck, want) in cases {
+            let path = dir.path().join(format!("{tag}.safetensors"));
+            std::fs::write(&path, ck.to_bytes().unwrap()).unwrap();
+            let e = Checkpoint::read_path(&path).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&path.display().to_string()) && e.contains(&want),
+                "{tag}: {e}"
+            );
+            // Nor is such a file written.
+            let out = dir.path().join(format!("{tag}-out.safetensors"));
+            let e = ck.write_path(&out).unwrap_err().to_string();
+            assert!(e.contains(&want) && e.contains("-out.safetensors"), "{e}");
+            assert!(!out.exists());
+        }
+    }
+
+    #[test]
+    fn weights_that_do_not_fit_name_the_file_without_debug_text() {
+        let (vs, _) = net(&ModelConfig::tiny());
+        let mut ck = Checkpoint::from_var_store(&vs, meta(ModelConfig::tiny()), &[]).unwrap();
+        ck.tensors.insert(
+            "extra.tensor".into(),
+            StoredTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extra.safetensors");
+        ck.write_path(&path).unwrap();
+        let back = Checkpoint::read_path(&path).unwrap();
+        let (mut vs2, _) = net(&ModelConfig::tiny());
+        let e = back.load_into(&mut vs2).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&path.display().to_string())
+                && e.contains("1 unexpected (e.g. extra.tensor)")
+                && !e.contains("Some(")
+                && !e.contains("None"),
+            "{e}"
+        );
     }
 
     #[test]

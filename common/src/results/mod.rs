@@ -159,6 +159,9 @@ pub struct ScanRow {
     pub multir_version: String,
     /// Compute device ("cpu", "cuda:0").
     pub device: String,
+    /// Why the input does not look like a chest CT, comma-separated
+    /// (see [`crate::process::plausibility_flags`]); `None` when it does.
+    pub flags: Option<String>,
 }
 
 impl ScanRow {

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::volume::Volume;
 
 /// One finished scan: its record and the volumes worth keeping.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ScanOutput {
     /// The row, the lesion rows and what produced them.
     pub record: ScanRecord,
@@ -22,6 +22,9 @@ pub struct ScanOutput {
     pub probability: Option<Volume>,
     /// The Grad-CAM heat map of the predicted class, when asked for.
     pub gradcam: Option<Volume>,
+    /// The first error of a failed scan, as a value (the row holds its
+    /// message): drivers that map failures to exit codes or retries use it.
+    pub error: Option<crate::Error>,
 }
 
 /// Takes finished scans.

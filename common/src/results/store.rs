@@ -199,6 +199,7 @@ mod tests {
             mask: with_mask.then(|| Volume::filled(1.0, [2, 2, 2], Affine::identity()).unwrap()),
             probability: None,
             gradcam: None,
+            error: None,
         }
     }
 

@@ -47,7 +47,6 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
         return Ok(());
     }
-    let show = |v: Option<f64>| v.map_or_else(|| "undefined".to_string(), |x| format!("{x:.4}"));
     let tol = m.tolerance_mm;
     writeln!(
         out,
@@ -55,18 +54,56 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
         args.pred.display(),
         args.truth.display()
     )?;
-    writeln!(out, "  dice                 {}", show(m.dice))?;
-    writeln!(out, "  jaccard              {}", show(m.jaccard))?;
+    writeln!(out, "  dice                 {}", show(m.dice, ""))?;
+    writeln!(out, "  jaccard              {}", show(m.jaccard, ""))?;
     let label = format!("surface dice @{tol} mm");
-    writeln!(out, "  {label:<21}{}", show(m.surface_dice))?;
-    writeln!(out, "  hd95                 {} mm", show(m.hd95))?;
-    writeln!(out, "  hausdorff            {} mm", show(m.hausdorff))?;
-    writeln!(out, "  assd                 {} mm", show(m.assd))?;
+    writeln!(out, "  {label:<21}{}", show(m.surface_dice, ""))?;
+    writeln!(out, "  hd95                 {}", show(m.hd95, " mm"))?;
+    writeln!(out, "  hausdorff            {}", show(m.hausdorff, " mm"))?;
+    writeln!(out, "  assd                 {}", show(m.assd, " mm"))?;
     writeln!(
         out,
-        "  volume               truth {:.3} mL, pred {:.3} mL ({:+.3} mL)",
-        m.volume_truth_ml, m.volume_pred_ml, m.volume_difference_ml
+        "  volume               truth {} mL, pred {} mL ({} mL)",
+        fixed(m.volume_truth_ml, 3, false),
+        fixed(m.volume_pred_ml, 3, false),
+        fixed(m.volume_difference_ml, 3, true)
     )?;
     tracing::info!("metrics in {t_metrics:.3} s (load {t_load:.3} s)");
     Ok(())
+}
+
+/// A value with its unit, or "undefined" (no unit: there is no distance).
+fn show(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "undefined".to_string(), |x| fixed(x, 4, false) + unit)
+}
+
+/// `x` with `decimals` decimals (and a sign when `plus`), never "-0.000":
+/// a value that rounds to zero prints as zero, whatever its sign.
+fn fixed(x: f64, decimals: usize, plus: bool) -> String {
+    let text = format!("{x:.decimals$}");
+    let zero = text
+        .trim_start_matches('-')
+        .chars()
+        .all(|c| c == '0' || c == '.');
+    let x = if zero { 0.0 } else { x };
+    if plus {
+        format!("{x:+.decimals$}")
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_print_without_a_sign() {
+        assert_eq!(fixed(-0.0, 3, false), "0.000");
+        assert_eq!(fixed(-0.0001, 3, true), "+0.000");
+        assert_eq!(fixed(-0.0016, 3, true), "-0.002");
+        assert_eq!(fixed(2.5, 4, false), "2.5000");
+        assert_eq!(show(None, " mm"), "undefined");
+        assert_eq!(show(Some(-0.0), " mm"), "0.0000 mm");
+    }
 }

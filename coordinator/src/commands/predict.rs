@@ -37,6 +37,8 @@ struct PredictSink<'a> {
     inputs: Vec<PathBuf>,
     failed: usize,
     next: usize,
+    /// The first scan's error, for the exit status.
+    first_error: Option<multir_common::Error>,
 }
 
 impl PredictSink<'_> {
@@ -63,12 +65,18 @@ impl PredictSink<'_> {
 }
 
 impl Sink for PredictSink<'_> {
-    fn accept(&mut self, o: ScanOutput) -> multir_common::Result<()> {
+    fn accept(&mut self, mut o: ScanOutput) -> multir_common::Result<()> {
         // The runner keeps job order, so the n-th output is the n-th input.
         let input = self.inputs[self.next].clone();
         self.next += 1;
         let name = o.record.scan.scan_id.clone();
+        let t = std::time::Instant::now();
         let files = self.write(&o, &name)?;
+        o.record.scan.seconds.write = t.elapsed().as_secs_f64();
+        o.record.scan.seconds.total = o.record.scan.seconds.sum();
+        if self.first_error.is_none() {
+            self.first_error = o.error.take();
+        }
         let row = &o.record.scan;
         if row.status == Status::Error {
             self.failed += 1;
@@ -101,6 +109,10 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     super::outputs::refuse_collisions(&pairs)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| multir_common::Error::Io(e).in_file(&args.out))?;
+    // A folder that cannot take files fails now, not after the inference.
+    let probe = args.out.join(".multir-probe");
+    multir_common::io::write_atomic(&probe, |_| Ok(()))?;
+    std::fs::remove_file(&probe).map_err(|e| multir_common::Error::Io(e).in_file(&probe))?;
     let cfg = ProcessConfig {
         max_voxels: args.load.max_voxels,
         series_uid: args.load.series_uid.clone(),
@@ -128,6 +140,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         inputs: args.inputs.clone(),
         failed: 0,
         next: 0,
+        first_error: None,
     };
     let never = AtomicBool::new(false);
     runner::run(
@@ -140,7 +153,13 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         |_| {},
     )?;
     if sink.failed > 0 {
-        anyhow::bail!("{} of {} scans failed", sink.failed, args.inputs.len());
+        // The exit status is that of the first failure (65 bad input, 74
+        // missing or unreadable file), as for any other command.
+        let why = format!("{} of {} scans failed", sink.failed, args.inputs.len());
+        return Err(match sink.first_error {
+            Some(e) => anyhow::Error::from(e).context(why),
+            None => anyhow::anyhow!(why),
+        });
     }
     Ok(())
 }
