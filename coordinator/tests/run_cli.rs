@@ -418,6 +418,20 @@ fn outputs_never_replace_inputs_and_two_runs_never_share_a_folder() {
         masks_before
     );
 
+    // An output "folder" that is a file, or cannot be created: I/O error,
+    // before the model is even loaded.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for out in [file.as_path(), Path::new("/proc/multir-out")] {
+        let o = run(&["run", "--manifest", s(&manifest), "--out", s(out)]);
+        assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains("model the shipped"),
+            "{}",
+            text(&o)
+        );
+    }
+
     // Two inputs with one name: predict refuses before any work.
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     for d in [&a, &b] {
@@ -578,4 +592,72 @@ fn predict_exits_with_the_class_of_its_failure_and_flags_implausible_scans() {
     let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(line["flags"], "few_slices", "{line}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not look like a chest CT"));
+}
+
+#[test]
+fn a_parquet_manifest_runs_like_its_csv() {
+    use polars::prelude::{Column, NamedFrom, ParquetWriter, Series};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    synth(&data, 2, 27);
+    let csv = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let col = |i: usize, name: &str| -> Column {
+        Series::new(name.into(), rows.iter().map(|r| r[i]).collect::<Vec<_>>()).into()
+    };
+    let mut df = DataFrame::new(
+        rows.len(),
+        vec![
+            col(0, "scan_id"),
+            col(1, "image"),
+            col(2, "label"),
+            col(3, "mask"),
+        ],
+    )
+    .unwrap();
+    // Named .csv on purpose: the format is read from the bytes.
+    let pq = data.join("manifest-parquet.csv");
+    ParquetWriter::new(File::create(&pq).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["run", "--manifest", s(&pq), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scans = read_parquet(&out.join("scans.parquet"));
+    let ids: Vec<String> = strings(&scans, "scan_id").into_iter().flatten().collect();
+    assert_eq!(ids, ["synth-00000", "synth-00001"]);
+    assert!(
+        floats(&scans, "volume_truth_ml")
+            .iter()
+            .all(Option::is_some),
+        "truth masks were read"
+    );
+    assert_eq!(strings(&scans, "label")[0].as_deref(), Some(rows[0][2]));
+
+    // Its rows obey the CSV rules: a duplicate id names the line.
+    let mut dup = DataFrame::new(
+        2,
+        vec![
+            Series::new("scan_id".into(), ["a", "a"]).into(),
+            Series::new("image".into(), [rows[0][1], rows[1][1]]).into(),
+        ],
+    )
+    .unwrap();
+    ParquetWriter::new(File::create(&pq).unwrap())
+        .finish(&mut dup)
+        .unwrap();
+    let o = run(&[
+        "run",
+        "--manifest",
+        s(&pq),
+        "--out",
+        s(&dir.path().join("dup")),
+    ]);
+    assert_eq!(o.status.code(), Some(65), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 3") && err.contains("duplicate"), "{err}");
 }

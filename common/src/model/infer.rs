@@ -708,4 +708,38 @@ mod tests {
             .to_string();
         assert!(e.contains("more than"), "{e}");
     }
+
+    #[test]
+    fn a_network_that_overflows_is_an_error_not_an_answer() {
+        // Finite weights so large that the activations overflow: every
+        // check at load passes, the output is NaN.
+        tch::manual_seed(5);
+        let cfg = ModelConfig::tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = MultiRNet::new(&vs.root(), &cfg).unwrap();
+        tch::no_grad(|| {
+            for (_, mut t) in vs.variables() {
+                let _ = t.fill_(1e30);
+            }
+        });
+        let meta = CheckpointMeta::new(
+            cfg,
+            PreprocessConfig {
+                spacing_mm: [4.0; 3],
+                ..Default::default()
+            },
+            vec!["covid".into(), "cap".into(), "healthy".into()],
+        );
+        let p = Predictor::new(
+            &Checkpoint::from_var_store(&vs, meta, &[]).unwrap(),
+            Device::Cpu,
+        )
+        .unwrap();
+        let scan = ct(
+            [24, 20, 12],
+            Affine::from_spacing_origin([2.0; 3], [0.0; 3]),
+        );
+        let e = p.predict(&scan, &InferenceConfig::default()).unwrap_err();
+        assert!(matches!(e, Error::NonFinite(_)), "{e}");
+    }
 }
