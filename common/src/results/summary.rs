@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use super::{ScanRow, Status};
+use super::{ScanRow, StageSeconds, Status};
 use crate::error::Result;
 use crate::metrics::cohort::{
     BlandAltman, ClassificationReport, bland_altman, classification_report,
@@ -117,20 +117,9 @@ pub struct QuantificationSummary {
 /// Where the time went, summed over scans.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TimeSummary {
-    /// Reading and decoding, s.
-    pub read: f64,
-    /// Onto the model grid, s.
-    pub preprocess: f64,
-    /// The network, s.
-    pub inference: f64,
-    /// Lesions and lungs, s.
-    pub quantify: f64,
-    /// Segmentation metrics, s.
-    pub metrics: f64,
-    /// Writing maps, s.
-    pub write: f64,
-    /// All stages, s.
-    pub total: f64,
+    /// Seconds per stage, summed over every row.
+    #[serde(flatten)]
+    pub sums: StageSeconds,
     /// Mean of `total` over the scans that ran, s.
     pub mean_per_scan: Option<f64>,
 }
@@ -247,15 +236,19 @@ impl CohortSummary {
                 })
                 .collect(),
         };
-        let sum = |f: fn(&ScanRow) -> f64| rows.iter().map(f).sum::<f64>();
+        let mut sums = StageSeconds::default();
+        for r in rows {
+            let (a, b) = (&mut sums, &r.seconds);
+            a.read += b.read;
+            a.preprocess += b.preprocess;
+            a.inference += b.inference;
+            a.quantify += b.quantify;
+            a.metrics += b.metrics;
+            a.write += b.write;
+            a.total += b.total;
+        }
         let seconds = TimeSummary {
-            read: sum(|r| r.seconds.read),
-            preprocess: sum(|r| r.seconds.preprocess),
-            inference: sum(|r| r.seconds.inference),
-            quantify: sum(|r| r.seconds.quantify),
-            metrics: sum(|r| r.seconds.metrics),
-            write: sum(|r| r.seconds.write),
-            total: sum(|r| r.seconds.total),
+            sums,
             mean_per_scan: mean(
                 rows.iter()
                     .filter(|r| r.status == Status::Ok)
