@@ -16,6 +16,7 @@
 //! dictionaries of `large_string`): pyarrow, pandas, DuckDB and Polars then
 //! read, filter and categorise the columns as they would any Parquet file.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -503,53 +504,37 @@ pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
         s("label")?,
         s("predicted_class")?,
     );
-    let probs: Vec<Vec<Option<f64>>> = classes
+    // Every documented column must be there; numeric ones are read by the
+    // type the file stores, so the column list lives in one place.
+    let mut fl: HashMap<String, Vec<Option<f64>>> = HashMap::new();
+    let mut il: HashMap<String, Vec<Option<u64>>> = HashMap::new();
+    for name in scan_columns(&classes) {
+        let dtype = df
+            .column(&name)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| at(&name))?
+            .dtype()
+            .clone();
+        match dtype {
+            DataType::Float64 => {
+                fl.insert(name.clone(), f(&name)?);
+            }
+            DataType::UInt32 | DataType::UInt64 => {
+                il.insert(name.clone(), u(&name)?);
+            }
+            _ => {}
+        }
+    }
+    let probs: Vec<&Vec<Option<f64>>> = classes
         .iter()
-        .map(|c| f(&format!("prob_{c}")))
+        .map(|c| {
+            fl.get(&format!("prob_{c}")).ok_or_else(|| {
+                anyhow::anyhow!("{}: column prob_{c} is not float64", path.display())
+            })
+        })
         .collect::<anyhow::Result<_>>()?;
-    let names = [
-        "lesion_volume_ml",
-        "lesion_outside_lungs_ml",
-        "lung_volume_ml",
-        "left_lung_involvement_pct",
-        "right_lung_involvement_pct",
-        "lung_involvement_pct",
-        "dice",
-        "jaccard",
-        "assd_mm",
-        "asd_truth_to_pred_mm",
-        "asd_pred_to_truth_mm",
-        "surface_dice",
-        "surface_overlap_truth",
-        "surface_overlap_pred",
-        "hd95_mm",
-        "hausdorff_mm",
-        "volume_truth_ml",
-        "volume_difference_ml",
-        "tolerance_mm",
-        "read_s",
-        "preprocess_s",
-        "inference_s",
-        "quantify_s",
-        "metrics_s",
-        "write_s",
-        "total_s",
-        "spacing_i_mm",
-        "spacing_j_mm",
-        "spacing_k_mm",
-    ];
-    let fl: Vec<Vec<Option<f64>>> = names.iter().map(|n| f(n)).collect::<anyhow::Result<_>>()?;
-    let fv = |name: &str, i: usize| fl[names.iter().position(|n| *n == name).expect("listed")][i];
-    let ints = [
-        "severity_score",
-        "n_lesions",
-        "windows",
-        "shape_i",
-        "shape_j",
-        "shape_k",
-    ];
-    let il: Vec<Vec<Option<u64>>> = ints.iter().map(|n| u(n)).collect::<anyhow::Result<_>>()?;
-    let iv = |name: &str, i: usize| il[ints.iter().position(|n| *n == name).expect("listed")][i];
+    let fv = |name: &str, i: usize| fl.get(name).and_then(|v| v[i]);
+    let iv = |name: &str, i: usize| il.get(name).and_then(|v| v[i]);
     let (img, msk, model, ver, dev, flags) = (
         s("image_sha256")?,
         s("mask_sha256")?,
