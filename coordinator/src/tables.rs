@@ -24,6 +24,7 @@ use anyhow::{Context, bail};
 use multir_common::Fault;
 use multir_common::io::write_atomic;
 use multir_common::quantify::LesionSide;
+use multir_common::results::sink::{ScanOutput, Sink};
 use multir_common::results::{LesionRow, RESULTS_SCHEMA_VERSION, ScanRow, StageSeconds, Status};
 use polars::prelude::{
     Column, CompatLevel, DataFrame, DataType, FrozenCategories, KeyValueMetadata, NamedFrom,
@@ -405,6 +406,59 @@ pub fn write<T>(
         Some(cause) => cause.context(format!("{}", path.display())),
         None => anyhow::Error::from(e),
     })
+}
+
+/// The result tables as a [`Sink`]: scans are gathered as they arrive and
+/// [`TableSink::finish`] writes `scans.parquet` and `lesions.parquet` in
+/// the order they came, so every driver (the embedded run from its
+/// fragments, in manifest order; a collector from its result messages)
+/// ends in the same files.
+pub struct TableSink {
+    classes: Vec<String>,
+    scans: Vec<ScanRow>,
+    lesions: Vec<LesionRow>,
+}
+
+impl TableSink {
+    /// An empty table for a model with these classes.
+    pub fn new(classes: &[String]) -> TableSink {
+        TableSink {
+            classes: classes.to_vec(),
+            scans: Vec::new(),
+            lesions: Vec::new(),
+        }
+    }
+
+    /// Writes both tables under `root` (each atomically) with `run` as the
+    /// `multir.run` metadata, and returns the rows.
+    pub fn finish(
+        self,
+        root: &Path,
+        run: &serde_json::Value,
+    ) -> anyhow::Result<(Vec<ScanRow>, Vec<LesionRow>)> {
+        let classes = &self.classes;
+        write(
+            &root.join("scans.parquet"),
+            &self.scans,
+            |rows| scans_frame(rows, classes),
+            metadata("scans", run),
+        )?;
+        write(
+            &root.join("lesions.parquet"),
+            &self.lesions,
+            lesions_frame,
+            metadata("lesions", run),
+        )?;
+        Ok((self.scans, self.lesions))
+    }
+}
+
+impl Sink for TableSink {
+    fn accept(&mut self, output: ScanOutput) -> multir_common::Result<()> {
+        self.scans.push(output.record.scan);
+        self.lesions.extend(output.record.lesions);
+        Ok(())
+    }
 }
 
 /// What a table file says about itself.

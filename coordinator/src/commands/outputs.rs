@@ -9,6 +9,7 @@ use anyhow::Context;
 use multir_common::Error;
 use multir_common::io::write_atomic;
 use multir_common::manifest::Manifest;
+use multir_common::results::sink::{ScanOutput, Sink};
 use multir_common::results::summary::CohortSummary;
 use multir_common::results::{LesionRow, ScanRecord, ScanRow};
 
@@ -154,35 +155,18 @@ pub fn write_results(
     with_report: bool,
     manifest: Option<&Manifest>,
 ) -> anyhow::Result<Written> {
-    let scans: Vec<ScanRow> = records.iter().map(|r| r.scan.clone()).collect();
-    let lesions: Vec<LesionRow> = records
-        .iter()
-        .flat_map(|r| r.lesions.iter().cloned())
-        .collect();
-    write_tables(root, &scans, &lesions, classes, run_info)?;
+    let mut tables = tables::TableSink::new(classes);
+    for r in records {
+        tables.accept(ScanOutput {
+            record: (*r).clone(),
+            mask: None,
+            probability: None,
+            gradcam: None,
+            error: None,
+        })?;
+    }
+    let (scans, lesions) = tables.finish(root, run_info)?;
     write_summary_and_report(root, &scans, &lesions, classes, with_report, manifest)
-}
-
-/// The two Parquet tables.
-pub fn write_tables(
-    root: &Path,
-    scans: &[ScanRow],
-    lesions: &[LesionRow],
-    classes: &[String],
-    run_info: &serde_json::Value,
-) -> anyhow::Result<()> {
-    tables::write(
-        &root.join("scans.parquet"),
-        scans,
-        |rows| tables::scans_frame(rows, classes),
-        tables::metadata("scans", run_info),
-    )?;
-    tables::write(
-        &root.join("lesions.parquet"),
-        lesions,
-        tables::lesions_frame,
-        tables::metadata("lesions", run_info),
-    )
 }
 
 /// `cohort.json` and the report, from rows alone.

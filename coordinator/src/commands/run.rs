@@ -145,7 +145,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if report.interrupted {
         return Err(Interrupted(format!(
             "interrupted: {} of {} scans have results ({} this run, {} kept from earlier runs); \
-             {} hold them. Run the same command again to finish the rest",
+             {} holds them. Run the same command again to finish the rest",
             records.len(),
             manifest.len(),
             report.processed,
