@@ -489,13 +489,19 @@ pub fn read(path: &Path) -> anyhow::Result<TableFile> {
     Ok(TableFile { frame, metadata })
 }
 
-/// A column as optional strings (categorical columns included).
-fn str_col(df: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
-    let s = df
+/// A column cast to `dtype` (so categorical columns read as strings and
+/// narrower integers as u64).
+fn cast_col(df: &DataFrame, name: &str, dtype: &DataType) -> anyhow::Result<Series> {
+    Ok(df
         .column(name)
         .with_context(|| format!("column {name}"))?
         .as_materialized_series()
-        .cast(&DataType::String)?;
+        .cast(dtype)?)
+}
+
+/// A column as optional strings (categorical columns included).
+fn str_col(df: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
+    let s = cast_col(df, name, &DataType::String)?;
     let ca = s.str()?;
     Ok((0..ca.len())
         .map(|i| ca.get(i).map(str::to_string))
@@ -503,21 +509,13 @@ fn str_col(df: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<String>>> {
 }
 
 fn f64_col(df: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<f64>>> {
-    let s = df
-        .column(name)
-        .with_context(|| format!("column {name}"))?
-        .as_materialized_series()
-        .cast(&DataType::Float64)?;
+    let s = cast_col(df, name, &DataType::Float64)?;
     let ca = s.f64()?;
     Ok((0..ca.len()).map(|i| ca.get(i)).collect())
 }
 
 fn u64_col(df: &DataFrame, name: &str) -> anyhow::Result<Vec<Option<u64>>> {
-    let s = df
-        .column(name)
-        .with_context(|| format!("column {name}"))?
-        .as_materialized_series()
-        .cast(&DataType::UInt64)?;
+    let s = cast_col(df, name, &DataType::UInt64)?;
     let ca = s.u64()?;
     Ok((0..ca.len()).map(|i| ca.get(i)).collect())
 }

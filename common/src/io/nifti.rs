@@ -1229,7 +1229,6 @@ mod tests {
         for d in 1..4 {
             put(&mut b, 40 + 2 * d, &30000i16.to_le_bytes());
         }
-        let t = std::time::Instant::now();
         let err = read(&b[..], &LoadOptions::default()).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
         // Under the limit but far more than the bytes that follow.
@@ -1241,8 +1240,9 @@ mod tests {
             },
         )
         .unwrap_err();
+        // 2.7e13 int16 voxels (54 TB) were promised: had the reader
+        // allocated them, this process would have died, not got an error.
         assert!(matches!(err, Error::Truncated(_)), "{err}");
-        assert!(t.elapsed().as_secs_f64() < 1.0);
     }
 
     #[test]
