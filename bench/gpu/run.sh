@@ -70,11 +70,11 @@ do_eval() {
   cohort test
   stage "evaluate fp32 (unseen seed 7777)"
   "$BIN" evaluate --manifest "$work/test/manifest.csv" --checkpoint "$ck" --out "$work/eval_fp32" --device cuda --window-batch 16
-  cp "$work/eval_fp32/evaluation.json" "$OUT/eval_fp32.json"
+  cp "$work/eval_fp32/cohort.json" "$OUT/eval_fp32.json"
   stage "evaluate fp16 autocast (first 21 scans)"
   head -22 "$work/test/manifest.csv" > "$work/test/first21.csv"
   "$BIN" evaluate --manifest "$work/test/first21.csv" --checkpoint "$ck" --out "$work/eval_fp16" --device cuda --window-batch 16 --mixed-precision 2> >(grep -v autocast_mode.h >&2)
-  cp "$work/eval_fp16/evaluation.json" "$OUT/eval_fp16.json"
+  cp "$work/eval_fp16/cohort.json" "$OUT/eval_fp16.json"
 }
 
 do_bench() {
@@ -138,7 +138,7 @@ do_sweep() {
     IFS=: read -r name _ <<<"$e"
     for cohort in select test; do
       [[ $evaluate == 0 ]] && break
-      "$PY" - "$name" "$cohort" "$work/sweep/$name-$cohort/evaluation.json" <<'PYEOF'
+      "$PY" - "$name" "$cohort" "$work/sweep/$name-$cohort/cohort.json" <<'PYEOF'
 import json, sys
 name, cohort, path = sys.argv[1:]
 try:
@@ -148,7 +148,7 @@ except Exception as err:
 c, g = e["classification"], e["segmentation"]
 print(f"{name} {cohort}: accuracy {c['accuracy']:.3f} macro_f1 {c['macro_f1']:.3f} dice {g['mean_dice']:.3f} "
       f"surface_dice {g['mean_surface_dice']:.3f} assd {g['mean_assd_mm']:.2f} mm "
-      f"fp {g['mean_false_positive_ml_on_lesion_free_scans']:.1f} mL {e['seconds_per_scan']:.2f} s/scan")
+      f"fp {g['mean_false_positive_ml_on_lesion_free_scans']:.1f} mL {e['seconds']['mean_per_scan']:.2f} s/scan")
 PYEOF
     done
     tail -c 600 "$work/sweep/$name.train.json"; echo
