@@ -538,29 +538,20 @@ pub struct Scans {
     pub metadata: Vec<(String, String)>,
 }
 
-/// Reads `scans.parquet` back into rows and class names.
-pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
-    let t = read(path)?;
-    let df = &t.frame;
+/// Columns of one type by name.
+type Columns<T> = HashMap<String, Vec<Option<T>>>;
+
+/// Float and integer columns of a table by name. Every listed column must
+/// be there; each is read by the type the file stores, so the writers'
+/// column lists are the only ones.
+fn numeric_columns(
+    df: &DataFrame,
+    names: impl IntoIterator<Item = String>,
+    path: &Path,
+) -> anyhow::Result<(Columns<f64>, Columns<u64>)> {
     let at = |what: &str| format!("{}: {what}", path.display());
-    let classes = classes_of(df);
-    let n = df.height();
-    let s = |name: &str| str_col(df, name).with_context(|| at(name));
-    let f = |name: &str| f64_col(df, name).with_context(|| at(name));
-    let u = |name: &str| u64_col(df, name).with_context(|| at(name));
-    let (ids, status, error, fault, label, pred) = (
-        s("scan_id")?,
-        s("status")?,
-        s("error")?,
-        s("fault")?,
-        s("label")?,
-        s("predicted_class")?,
-    );
-    // Every documented column must be there; numeric ones are read by the
-    // type the file stores, so the column list lives in one place.
-    let mut fl: HashMap<String, Vec<Option<f64>>> = HashMap::new();
-    let mut il: HashMap<String, Vec<Option<u64>>> = HashMap::new();
-    for name in scan_columns(&classes) {
+    let (mut fl, mut il) = (HashMap::new(), HashMap::new());
+    for name in names {
         let dtype = df
             .column(&name)
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -569,14 +560,34 @@ pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
             .clone();
         match dtype {
             DataType::Float64 => {
-                fl.insert(name.clone(), f(&name)?);
+                fl.insert(name.clone(), f64_col(df, &name).with_context(|| at(&name))?);
             }
             DataType::UInt32 | DataType::UInt64 => {
-                il.insert(name.clone(), u(&name)?);
+                il.insert(name.clone(), u64_col(df, &name).with_context(|| at(&name))?);
             }
             _ => {}
         }
     }
+    Ok((fl, il))
+}
+
+/// Reads `scans.parquet` back into rows and class names.
+pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
+    let t = read(path)?;
+    let df = &t.frame;
+    let at = |what: &str| format!("{}: {what}", path.display());
+    let classes = classes_of(df);
+    let n = df.height();
+    let s = |name: &str| str_col(df, name).with_context(|| at(name));
+    let (ids, status, error, fault, label, pred) = (
+        s("scan_id")?,
+        s("status")?,
+        s("error")?,
+        s("fault")?,
+        s("label")?,
+        s("predicted_class")?,
+    );
+    let (fl, il) = numeric_columns(df, scan_columns(&classes), path)?;
     let probs: Vec<&Vec<Option<f64>>> = classes
         .iter()
         .map(|c| {
@@ -686,49 +697,22 @@ pub fn read_lesions(path: &Path) -> anyhow::Result<Vec<LesionRow>> {
     let df = &t.frame;
     let at = |what: &str| format!("{}: {what}", path.display());
     let s = |name: &str| str_col(df, name).with_context(|| at(name));
-    let f = |name: &str| f64_col(df, name).with_context(|| at(name));
-    let u = |name: &str| u64_col(df, name).with_context(|| at(name));
     let (ids, side) = (s("scan_id")?, s("side")?);
-    let (lid, vox) = (u("lesion_id")?, u("voxels")?);
-    let fl: Vec<Vec<Option<f64>>> = [
-        "volume_ml",
-        "centroid_x_mm",
-        "centroid_y_mm",
-        "centroid_z_mm",
-        "mean_hu",
-        "std_hu",
-        "in_lung_fraction",
-    ]
-    .iter()
-    .map(|n| f(n))
-    .collect::<anyhow::Result<_>>()?;
-    let bb: Vec<Vec<Option<u64>>> = [
-        "bbox_min_i",
-        "bbox_min_j",
-        "bbox_min_k",
-        "bbox_max_i",
-        "bbox_max_j",
-        "bbox_max_k",
-    ]
-    .iter()
-    .map(|n| u(n))
-    .collect::<anyhow::Result<_>>()?;
-    let b = |c: usize, i: usize| bb[c][i].unwrap_or_default() as u32;
+    let names = LESION_COLUMNS.iter().chain(["in_lung_fraction"].iter());
+    let (fl, il) = numeric_columns(df, names.map(|n| n.to_string()), path)?;
+    let fv = |name: &str, i: usize| fl.get(name).and_then(|v| v[i]).unwrap_or_default();
+    let iv = |name: &str, i: usize| il.get(name).and_then(|v| v[i]).unwrap_or_default();
     Ok((0..df.height())
         .map(|i| LesionRow {
             scan_id: ids[i].clone().unwrap_or_default(),
-            lesion_id: lid[i].unwrap_or_default() as u32,
-            volume_ml: fl[0][i].unwrap_or_default(),
-            voxels: vox[i].unwrap_or_default(),
-            centroid_mm: [
-                fl[1][i].unwrap_or_default(),
-                fl[2][i].unwrap_or_default(),
-                fl[3][i].unwrap_or_default(),
-            ],
-            bbox_min: [b(0, i), b(1, i), b(2, i)],
-            bbox_max: [b(3, i), b(4, i), b(5, i)],
-            mean_hu: fl[4][i].unwrap_or_default(),
-            std_hu: fl[5][i].unwrap_or_default(),
+            lesion_id: iv("lesion_id", i) as u32,
+            volume_ml: fv("volume_ml", i),
+            voxels: iv("voxels", i),
+            centroid_mm: ["x", "y", "z"].map(|a| fv(&format!("centroid_{a}_mm"), i)),
+            bbox_min: ["i", "j", "k"].map(|a| iv(&format!("bbox_min_{a}"), i) as u32),
+            bbox_max: ["i", "j", "k"].map(|a| iv(&format!("bbox_max_{a}"), i) as u32),
+            mean_hu: fv("mean_hu", i),
+            std_hu: fv("std_hu", i),
             side: match side[i].as_deref() {
                 Some("left") => Some(LesionSide::Left),
                 Some("right") => Some(LesionSide::Right),
@@ -736,7 +720,7 @@ pub fn read_lesions(path: &Path) -> anyhow::Result<Vec<LesionRow>> {
                 Some("outside") => Some(LesionSide::Outside),
                 _ => None,
             },
-            in_lung_fraction: fl[6][i],
+            in_lung_fraction: fl.get("in_lung_fraction").and_then(|v| v[i]),
         })
         .collect())
 }
@@ -817,5 +801,42 @@ mod tests {
         assert_eq!(get("multir.table").as_deref(), Some("scans"));
         assert_eq!(get("multir.run").as_deref(), Some(run.to_string().as_str()));
         assert!(get("ARROW:schema").is_some());
+    }
+
+    #[test]
+    fn lesion_rows_round_trip_through_parquet_exactly() {
+        let rows = vec![
+            LesionRow {
+                scan_id: "a".into(),
+                lesion_id: 1,
+                volume_ml: 0.1 + 0.2,
+                voxels: 7,
+                centroid_mm: [-1.5, 2.25, 1e-9],
+                bbox_min: [1, 2, 3],
+                bbox_max: [4, 5, 6],
+                mean_hu: -650.5,
+                std_hu: 80.0,
+                side: Some(LesionSide::Left),
+                in_lung_fraction: Some(0.75),
+            },
+            LesionRow {
+                scan_id: "b".into(),
+                lesion_id: 2,
+                volume_ml: 3.0,
+                voxels: 9,
+                centroid_mm: [0.0; 3],
+                bbox_min: [0; 3],
+                bbox_max: [9; 3],
+                mean_hu: 20.0,
+                std_hu: 0.0,
+                side: None,
+                in_lung_fraction: None,
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lesions.parquet");
+        let run = serde_json::json!({});
+        write(&path, &rows, lesions_frame, metadata("lesions", &run)).unwrap();
+        assert_eq!(read_lesions(&path).unwrap(), rows);
     }
 }

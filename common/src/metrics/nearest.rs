@@ -155,15 +155,8 @@ struct Occupancy {
 impl Occupancy {
     /// The bitmap of `points` (non-empty) over their bounding box.
     fn new(points: &[[i32; 3]]) -> Self {
-        let mut lo = [i32::MAX; 3];
-        let mut hi = [i32::MIN; 3];
-        for p in points {
-            for d in 0..3 {
-                lo[d] = lo[d].min(p[d]);
-                hi[d] = hi[d].max(p[d]);
-            }
-        }
-        let size = [0, 1, 2].map(|d| (i64::from(hi[d]) - i64::from(lo[d]) + 1) as usize);
+        let (lo, hi) = bounds(points.iter());
+        let size = box_size(lo, hi);
         let mut bits = vec![0u64; (size[0] * size[1] * size[2]).div_ceil(64)];
         let mut grid = Occupancy {
             lo,
@@ -427,6 +420,11 @@ fn far_distances(to: Vec<[i32; 3]>, queries: &[[i32; 3]], spacing: [f64; 3]) -> 
         .collect()
 }
 
+/// Voxels per axis of the box from `lo` to `hi` (inclusive).
+fn box_size(lo: [i32; 3], hi: [i32; 3]) -> [usize; 3] {
+    [0, 1, 2].map(|d| (i64::from(hi[d]) - i64::from(lo[d]) + 1) as usize)
+}
+
 /// The per-axis minimum and maximum of some points.
 fn bounds<'a>(points: impl Iterator<Item = &'a [i32; 3]>) -> ([i32; 3], [i32; 3]) {
     let mut lo = [i32::MAX; 3];
@@ -464,7 +462,7 @@ fn box_points(size: [usize; 3]) -> f64 {
 /// along an axis for the distance transform's 16-bit offsets.
 fn edt_box(to: &[[i32; 3]], queries: &[[i32; 3]]) -> Option<([i32; 3], [usize; 3])> {
     let (lo, hi) = bounds(to.iter().chain(queries));
-    let size = [0, 1, 2].map(|d| (i64::from(hi[d]) - i64::from(lo[d]) + 1) as usize);
+    let size = box_size(lo, hi);
     size.iter()
         .all(|&n| n <= edt::MAX_EXTENT)
         .then_some((lo, size))
