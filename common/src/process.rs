@@ -622,7 +622,7 @@ impl Processor {
             finisher: Finisher {
                 classes: meta.classes.clone(),
                 tolerance_mm: cfg.tolerance_mm,
-                lung: cfg.lung.clone(),
+                lung: cfg.lung,
                 probability_maps: cfg.probability_maps,
             },
             predictor,

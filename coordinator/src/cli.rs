@@ -139,6 +139,11 @@ pub struct TrainArgs {
     /// (default: 0.8,0.8,1.5 for `paper`, 1.6,1.6,2.5 for the other presets).
     #[arg(long, value_parser = multir_common::cli::parse_triple)]
     pub spacing: Option<[f64; 3]>,
+    /// Let the model see the whole scan instead of the lung region only
+    /// (README "Lesions belong to the lungs"). The choice is saved with the
+    /// checkpoint.
+    #[arg(long)]
+    pub no_lung_region: bool,
     /// Refinement iterations (overrides the preset).
     #[arg(long)]
     pub iterations: Option<usize>,

@@ -26,6 +26,9 @@ pub struct TrainingScan {
     pub mask: Vec<u8>,
     /// Indices of the lesion voxels (for lesion-centred sampling).
     pub lesion: Vec<u32>,
+    /// Lesion voxels of the model grid that fell outside the lung region
+    /// and were dropped from the target (0 without a region).
+    pub lesion_outside_region: u64,
 }
 
 impl TrainingScan {
@@ -51,17 +54,31 @@ impl TrainingScan {
         // fraction of it inside the lesion; kept (quantised) so training can
         // target it and a model's probabilities can carry the boundary
         // below the model grid's resolution.
-        let mask: Vec<u8> = on_grid
+        let mut mask: Vec<u8> = on_grid
             .data()
             .iter()
             .map(|&v| (v.clamp(0.0, 1.0) * OCCUPIED as f32).round() as u8)
             .collect();
+        // The model cannot see outside the lung region (the image is blank
+        // there), so lesion outside it is not a target: teaching the model
+        // to paint it would teach it to guess.
+        let mut outside = 0u64;
+        if let Some(r) = &p.region {
+            for (m, &inside) in mask.iter_mut().zip(&r.mask) {
+                if inside == 0 && *m > 0 {
+                    outside += u64::from(*m >= HALF);
+                    *m = 0;
+                }
+            }
+        }
         if mask.len() > u32::MAX as usize {
             return Err(Error::InvalidArgument(format!(
                 "scan {id} is too large to train on"
             )));
         }
-        Ok(TrainingScan::new(id.to_string(), label, p.volume, mask))
+        let mut scan = TrainingScan::new(id.to_string(), label, p.volume, mask);
+        scan.lesion_outside_region = outside;
+        Ok(scan)
     }
 
     /// A scan already on the model grid (`mask` in occupancy steps, see
@@ -79,6 +96,7 @@ impl TrainingScan {
             image,
             mask,
             lesion,
+            lesion_outside_region: 0,
         }
     }
 }

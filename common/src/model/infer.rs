@@ -317,17 +317,65 @@ impl Predictor {
                 .f_narrow(off + 1, s[1] as i64, patch[1] as i64)?
                 .f_narrow(off + 2, s[0] as i64, patch[0] as i64)?)
         };
-        for chunk in starts.chunks(cfg.batch) {
+        // The lung region (1 inside), padded like the volume. Windows that
+        // hold none of it are blank and skipped; they still count in the
+        // stitching weights, so their voxels read 0, not 0 / 0.
+        let region = match &prepared.region {
+            Some(r) => Some(
+                Tensor::f_from_slice(&r.mask)?
+                    .f_to_kind(Kind::Float)?
+                    .f_view(shape(dims))?
+                    .f_to_device(stitch)?
+                    .f_constant_pad_nd([
+                        0,
+                        (padded[0] - dims[0]) as i64,
+                        0,
+                        (padded[1] - dims[1]) as i64,
+                        0,
+                        (padded[2] - dims[2]) as i64,
+                    ])?,
+            ),
+            None => None,
+        };
+        let mut active = Vec::with_capacity(starts.len());
+        for s in &starts {
+            let blank = match &region {
+                Some(r) => narrow(r, s, 2)?.f_max()?.double_value(&[]) <= 0.0,
+                None => false,
+            };
+            if blank {
+                let _ = narrow(&acc_w, s, 0)?.f_add_(&g_st)?;
+            } else {
+                active.push(*s);
+            }
+        }
+        for chunk in active.chunks(cfg.batch) {
             let windows = chunk
                 .iter()
                 .map(|s| narrow(&vol, s, 2))
                 .collect::<Result<Vec<_>>>()?;
             let x = Tensor::f_cat(&windows, 0)?.f_to_device(self.device)?;
-            let (probs, cls) = tch::no_grad(|| self.forward_probs(&x, cfg))?;
-            // Windows showing lesions decide the diagnosis.
+            let (mut probs, cls) = tch::no_grad(|| self.forward_probs(&x, cfg))?;
+            // Each window's share of the lung region: 1 without a region.
+            let mut share = Tensor::f_ones([chunk.len() as i64], (Kind::Float, self.device))?;
+            if let Some(r) = &region {
+                let rw = Tensor::f_cat(
+                    &chunk
+                        .iter()
+                        .map(|s| narrow(r, s, 2))
+                        .collect::<Result<Vec<_>>>()?,
+                    0,
+                )?
+                .f_to_device(self.device)?;
+                // No lesion outside the lungs, whatever the network says.
+                probs = probs.f_mul(&rw)?;
+                share = rw.f_mean_dim([1i64, 2, 3, 4].as_slice(), false, Kind::Float)?;
+            }
+            // Windows showing lesions decide the diagnosis; without lesions,
+            // each window weighs by how much lung it shows.
             let w = probs
                 .f_sum_dim_intlist([1i64, 2, 3, 4].as_slice(), false, Kind::Float)?
-                .f_add_scalar(cfg.window_weight_floor)?;
+                .f_add(&share.f_mul_scalar(cfg.window_weight_floor)?)?;
             cls_acc = cls_acc.f_add(&cls.f_mul(&w.f_unsqueeze(1)?)?.f_sum_dim_intlist(
                 [0i64].as_slice(),
                 false,
@@ -418,7 +466,7 @@ impl Predictor {
             class_probabilities,
             class_index,
             gradcam,
-            windows: starts.len(),
+            windows: active.len(),
             model_dims: dims,
         })
     }
@@ -525,6 +573,107 @@ mod tests {
             .map(|i| -1000.0 + ((i * 7919) % 1200) as f32)
             .collect();
         Volume::new(data, dims, affine).unwrap()
+    }
+
+    /// The lung region makes the scan outside it invisible: no lesion
+    /// there, and neither the map nor the diagnosis changes when it does.
+    #[test]
+    fn nothing_outside_the_lung_region_is_lesion_or_changes_the_answer() {
+        tch::manual_seed(4);
+        let cfg = ModelConfig::tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = MultiRNet::new(&vs.root(), &cfg).unwrap();
+        let pre = PreprocessConfig {
+            spacing_mm: [3.2, 3.2, 5.0],
+            lung_region: Some(crate::preprocess::region::LungRegionConfig::default()),
+            ..Default::default()
+        };
+        let classes = vec!["covid".into(), "cap".into(), "healthy".into()];
+        let meta = CheckpointMeta::new(cfg, pre, classes);
+        let p = Predictor::new(
+            &Checkpoint::from_var_store(&vs, meta, &[]).unwrap(),
+            Device::Cpu,
+        )
+        .unwrap();
+        let ph = crate::synth::generate(
+            crate::manifest::Label::Cap,
+            21,
+            &crate::synth::PhantomConfig::scaled(0.5).unwrap(),
+        )
+        .unwrap();
+        // A low threshold, so that the untrained network marks plenty.
+        let icfg = InferenceConfig {
+            threshold: 0.2,
+            ..Default::default()
+        };
+        let a = p.predict(&ph.image, &icfg).unwrap();
+        let prep = p.prepare(&ph.image, &icfg).unwrap();
+        let region = prep.region.as_ref().expect("region computed");
+        assert!(region.voxels > 0 && (region.voxels as usize) < region.mask.len() / 2);
+        // On the model grid nothing outside the region is blank-free.
+        assert!(
+            prep.volume
+                .data()
+                .iter()
+                .zip(&region.mask)
+                .all(|(&v, &m)| m == 1 || v == 0.0)
+        );
+        let region_native = prep
+            .restore(
+                &prep
+                    .volume
+                    .with_data(region.mask.iter().map(|&m| f32::from(m)).collect())
+                    .unwrap(),
+                Interp::Nearest,
+            )
+            .unwrap();
+        let marked = a.mask.data().iter().filter(|&&m| m > 0.0).count();
+        assert!(marked > 0, "the untrained network marks something");
+        // The region grown by one model voxel: linear resampling mixes a
+        // scan voxel into the model voxels around it, and back.
+        let d = a.mask.dims();
+        let sp = ph.image.spacing();
+        let r: [usize; 3] =
+            std::array::from_fn(|x| (pre.spacing_mm[x] / sp[x]).ceil() as usize + 1);
+        let mut near = vec![false; a.mask.len()];
+        for k in 0..d[2] {
+            for j in 0..d[1] {
+                for i in 0..d[0] {
+                    if region_native.get(i, j, k) == 0.0 {
+                        continue;
+                    }
+                    for kk in k.saturating_sub(r[2])..=(k + r[2]).min(d[2] - 1) {
+                        for jj in j.saturating_sub(r[1])..=(j + r[1]).min(d[1] - 1) {
+                            let s = a.mask.index(i.saturating_sub(r[0]), jj, kk);
+                            let e = a.mask.index((i + r[0]).min(d[0] - 1), jj, kk);
+                            near[s..=e].iter_mut().for_each(|v| *v = true);
+                        }
+                    }
+                }
+            }
+        }
+        for (n, &m) in a.mask.data().iter().enumerate() {
+            assert!(
+                m == 0.0 || near[n],
+                "lesion voxel {n} outside the lung region"
+            );
+        }
+        // Scramble the body away from the region (chest wall, fat, muscle,
+        // bone) with fat- and muscle-like values: the answer is bit for bit
+        // the same. (Tissue stays tissue, so the body's midline and the
+        // lungs the region grows from do not move.)
+        let mut scrambled = ph.image.clone();
+        let mut changed = 0;
+        for (n, v) in scrambled.data_mut().iter_mut().enumerate() {
+            if !near[n] && *v > -300.0 {
+                *v = -120.0 + ((n * 7919) % 200) as f32;
+                changed += 1;
+            }
+        }
+        assert!(changed > 1000);
+        let b = p.predict(&scrambled, &icfg).unwrap();
+        assert_eq!(a.class_probabilities, b.class_probabilities);
+        assert_eq!(a.probability.data(), b.probability.data());
     }
 
     #[test]

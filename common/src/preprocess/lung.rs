@@ -74,7 +74,7 @@ impl Side {
 }
 
 /// Settings of [`lung_mask`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LungMaskConfig {
     /// Voxels below this HU are air-like. -320 HU separates aerated lung
     /// (about -850) from soft tissue and keeps most of the partial-volume

@@ -5,6 +5,8 @@
 //! - [`intensity`]: HU window clipping and normalisation to 0..1.
 //! - [`patch`]: patch extraction with padding, sliding windows.
 //! - [`lung`]: classical lung mask, left/right split.
+//! - [`region`]: the lung region lesions may lie in, the only part of a
+//!   scan the model sees.
 //! - [`morphology`]: in-plane disc dilation, erosion, closing, hole filling.
 //!
 //! [`prepare`] runs the whole chain on a loaded scan: reorient to canonical
@@ -17,6 +19,7 @@ pub mod intensity;
 pub mod lung;
 pub mod morphology;
 pub mod patch;
+pub mod region;
 pub mod resample;
 
 use crate::error::Result;
@@ -32,16 +35,24 @@ pub struct PreprocessConfig {
     pub spacing_mm: [f64; 3],
     /// HU window mapped to 0..1.
     pub window: HuWindow,
+    /// When set, the lung region is computed on the model grid and
+    /// everything outside it is replaced with 0 (the value of padding), so
+    /// the model sees the lungs only. Checkpoints written before the region
+    /// existed have none.
+    #[serde(default)]
+    pub lung_region: Option<region::LungRegionConfig>,
 }
 
 impl Default for PreprocessConfig {
     /// 0.8 x 0.8 mm in-plane and 1.5 mm slices, a common CT working
     /// resolution (the paper's data ranged from 1 to 5 mm slices), and the
-    /// lung window.
+    /// lung window; no lung region (`multir train` adds one unless told
+    /// not to).
     fn default() -> Self {
         PreprocessConfig {
             spacing_mm: [0.8, 0.8, 1.5],
             window: HuWindow::default(),
+            lung_region: None,
         }
     }
 }
@@ -53,19 +64,36 @@ pub struct Prepared {
     pub volume: Volume,
     /// From the file's grid to canonical orientation.
     pub reorientation: Reorientation,
+    /// The lung region on the model grid, when the configuration asks for
+    /// one; the volume is 0 outside it.
+    pub region: Option<region::LungRegion>,
     /// The canonical grid before resampling.
     canonical_dims: [usize; 3],
     canonical_affine: crate::volume::Affine,
 }
 
-/// Reorients to RAS, resamples (trilinear) and normalises a CT in HU.
+/// Reorients to RAS, resamples (trilinear) and normalises a CT in HU; with
+/// a lung region configured, computes it on the resampled HU volume and
+/// blanks everything outside it.
 pub fn prepare(ct: &Volume, cfg: &PreprocessConfig) -> Result<Prepared> {
     let (canonical, reorientation) = ct.to_canonical();
     let mut volume = resample::resample_to_spacing(&canonical, cfg.spacing_mm, Interp::Linear)?;
+    let region = match &cfg.lung_region {
+        Some(rc) => Some(region::lung_region(&volume, rc)?),
+        None => None,
+    };
     cfg.window.normalize(volume.data_mut());
+    if let Some(r) = &region {
+        volume
+            .data_mut()
+            .iter_mut()
+            .zip(&r.mask)
+            .for_each(|(v, &m)| *v *= f32::from(m));
+    }
     Ok(Prepared {
         volume,
         reorientation,
+        region,
         canonical_dims: canonical.dims(),
         canonical_affine: *canonical.affine(),
     })

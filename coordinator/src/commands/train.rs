@@ -8,6 +8,7 @@ use multir_common::manifest::Manifest;
 use multir_common::model::loss::LossConfig;
 use multir_common::model::{Checkpoint, ModelConfig, Start, TrainConfig, TrainEvent, data, train};
 use multir_common::preprocess::PreprocessConfig;
+use multir_common::preprocess::region::LungRegionConfig;
 
 use crate::cli::TrainArgs;
 
@@ -41,6 +42,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     });
     let preprocess = PreprocessConfig {
         spacing_mm: spacing,
+        lung_region: (!args.no_lung_region).then(LungRegionConfig::default),
         ..Default::default()
     };
     let mut cfg = TrainConfig::new(model, preprocess);
@@ -83,6 +85,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let loaded = data::load_manifest(&manifest, &cfg.preprocess, &args.load.options())?;
     let (scans, hashes): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
     let voxels: usize = scans.iter().map(|s| s.mask.len()).sum();
+    if cfg.preprocess.lung_region.is_some() {
+        let kept: usize = scans.iter().map(|s| s.lesion.len()).sum();
+        let dropped: u64 = scans.iter().map(|s| s.lesion_outside_region).sum();
+        tracing::info!(
+            "lung region: {dropped} of {} lesion voxels of the model grid lie outside it ({:.2} %)",
+            kept as u64 + dropped,
+            100.0 * dropped as f64 / (kept as u64 + dropped).max(1) as f64
+        );
+    }
     tracing::info!(
         "{} scans on the model grid ({:.0} M voxels) in {:.1} s",
         scans.len(),
