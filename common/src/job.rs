@@ -32,7 +32,8 @@ pub const JOB_SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Source {
-    /// A NIfTI file or a DICOM series folder on this machine.
+    /// A NIfTI or NRRD file (a `.nhdr` with its data file beside it) or a
+    /// DICOM series folder on this machine.
     Path {
         /// The file or folder.
         path: PathBuf,
@@ -43,8 +44,9 @@ pub enum Source {
         /// The object's URL.
         url: String,
     },
-    /// One file's bytes, already fetched. `name` appears in messages and
-    /// tells nothing about the format, which is read from the bytes.
+    /// One file's bytes, already fetched. `name` appears in messages; the
+    /// format is read from the bytes (NIfTI, or NRRD with attached data: a
+    /// detached `.nhdr` is refused, its data file being elsewhere).
     #[serde(skip)]
     Bytes {
         /// The name to report (usually the URL it came from).

@@ -5,7 +5,8 @@
 //!
 //! - [`manifest`]: a cohort's list of scans (`scan_id,image,label,mask`).
 //! - [`job`]: one scan to process, as drivers and queues pass it on.
-//! - [`io`]: NIfTI and DICOM decoders and writers, giving a [`volume::Volume`].
+//! - [`io`]: NIfTI, NRRD and DICOM decoders and NIfTI writers, giving a
+//!   [`volume::Volume`].
 //! - [`volume`]: the canonical in-memory volume, affines and reorientation.
 //! - [`preprocess`]: resampling, HU windowing, patches, the lung mask.
 //! - [`model`]: MultiR-Net in tch: network, losses, checkpoints, training

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use crate::error::{Context, Error, Result};
-use crate::io::{self, LoadOptions, dicom, nifti};
+use crate::io::{self, LoadOptions, dicom, nrrd};
 use crate::job::{Job, Source};
 use crate::metrics::segmentation_metrics;
 use crate::model::checkpoint::CheckpointMeta;
@@ -176,8 +176,15 @@ impl ProcessConfig {
 /// The bytes of one input, read but not decoded.
 #[derive(Debug)]
 enum Fetched {
-    /// One file (NIfTI).
+    /// One file (NIfTI or NRRD with attached data).
     File { name: String, data: Arc<[u8]> },
+    /// A NRRD header (`.nhdr`) and its detached data file.
+    Detached {
+        name: String,
+        data_name: String,
+        header: Arc<[u8]>,
+        data: Arc<[u8]>,
+    },
     /// A DICOM folder on this machine.
     Folder(PathBuf),
     /// A DICOM series in memory.
@@ -327,6 +334,11 @@ impl Reader {
                     .in_file(path));
                 }
                 let data: Arc<[u8]> = std::fs::read(path).in_file(path)?.into();
+                if nrrd::is_nrrd(&data)
+                    && let Some(data_path) = nrrd::data_file_path(&data, path).in_file(path)?
+                {
+                    return self.fetch_detached(path, data, &data_path);
+                }
                 let sum = sha256_hex(&data);
                 Ok((
                     Fetched::File {
@@ -360,6 +372,48 @@ impl Reader {
                 "{url}: a URL must be fetched by the driver before processing"
             )))),
         }
+    }
+
+    /// A `.nhdr` and the data file it names, read together so that the
+    /// checksum covers both (as for a DICOM folder: `name NUL sha256 NUL`
+    /// of the header, then of the data file).
+    fn fetch_detached(
+        &self,
+        path: &Path,
+        header: Arc<[u8]>,
+        data_path: &Path,
+    ) -> Result<(Fetched, String)> {
+        let name = format!("{} (data file {})", path.display(), data_path.display());
+        let len = std::fs::metadata(data_path).in_file(&name)?.len();
+        let limit = max_file_bytes(self.load.max_voxels);
+        if len > limit {
+            return Err(Error::TooLarge {
+                voxels: len as u128 / 8,
+                limit: self.load.max_voxels,
+            }
+            .in_file(&name));
+        }
+        let data: Arc<[u8]> = std::fs::read(data_path).in_file(&name)?.into();
+        let file_name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let sum = series_sha256(
+            [
+                (file_name(path), sha256_hex(&header)),
+                (file_name(data_path), sha256_hex(&data)),
+            ]
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.clone())),
+        );
+        let fetched = Fetched::Detached {
+            name: path.display().to_string(),
+            data_name: data_path.display().to_string(),
+            header,
+            data,
+        };
+        Ok((fetched, sum))
     }
 
     /// Stage 2: decodes the CT (and truth mask) and brings the CT onto the
@@ -418,7 +472,14 @@ impl Reader {
 
     fn decode_one(&self, f: Fetched) -> Result<Volume> {
         let loaded = match f {
-            Fetched::File { name, data } => nifti::read_named(&data, &name, &self.load)?,
+            Fetched::File { name, data } => io::read_named(&data, &name, &self.load)?,
+            Fetched::Detached {
+                name,
+                data_name,
+                header,
+                data,
+            } => nrrd::read_detached(&header, &data[..], Some(data.len() as u64), &self.load)
+                .in_file(format!("{name} (data file {data_name})"))?,
             Fetched::Folder(path) => dicom::read_series_dir(&path, &self.load)?,
             Fetched::Series { name, files } => {
                 let files = Arc::try_unwrap(files).unwrap_or_else(|shared| (*shared).clone());
@@ -484,7 +545,9 @@ fn metrics_lost(e: Error) -> Error {
 
 fn fetched_name(f: &Fetched) -> String {
     match f {
-        Fetched::File { name, .. } | Fetched::Series { name, .. } => name.clone(),
+        Fetched::File { name, .. }
+        | Fetched::Detached { name, .. }
+        | Fetched::Series { name, .. } => name.clone(),
         Fetched::Folder(p) => p.display().to_string(),
     }
 }

@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// Write synthetic chest-CT phantoms, their lesion masks and a manifest.
     Synth(SynthArgs),
-    /// Describe a NIfTI file or a DICOM series folder.
+    /// Describe a NIfTI or NRRD file or a DICOM series folder.
     Inspect(InspectArgs),
     /// Resample a scan to a new voxel spacing (and optionally save it).
     Resample(ResampleArgs),
@@ -76,7 +76,8 @@ pub struct SynthArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A .nii / .nii.gz file or a folder holding one DICOM series.
+    /// A .nii / .nii.gz / .nrrd / .nhdr file or a folder holding one DICOM
+    /// series.
     pub path: PathBuf,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
@@ -87,7 +88,7 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ResampleArgs {
-    /// Input scan (NIfTI file or DICOM folder).
+    /// Input scan (NIfTI or NRRD file, or DICOM folder).
     pub input: PathBuf,
     /// Target spacing in mm along the file's i,j,k axes, e.g. 0.8,0.8,1.5.
     #[arg(long, value_parser = multir_common::cli::parse_triple)]
@@ -231,7 +232,7 @@ pub struct TrainArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// Scans: NIfTI files or DICOM series folders.
+    /// Scans: NIfTI or NRRD files or DICOM series folders.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Output folder for <name>_mask.nii.gz and friends.

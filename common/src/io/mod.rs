@@ -1,18 +1,22 @@
 //! Reading and writing CT volumes.
 //!
 //! - [`nifti`]: NIfTI-1 and NIfTI-2, `.nii` and `.nii.gz`, read and write.
+//! - [`nrrd`]: NRRD, `.nrrd` (attached data) and `.nhdr` with a detached
+//!   data file, read (3D Slicer's and pyradiomics' format).
 //! - [`dicom`]: a CT series from a folder of DICOM files.
 //!
 //! Decoders take bytes or readers; [`load_path`] is the thin wrapper that
-//! picks the decoder for a path and names the path in every error, and
+//! picks the decoder for a path and names the path in every error,
+//! [`read_named`] does the same for a file already in memory, and
 //! [`write_atomic`] is the one way files are written. Loaders
 //! return the volume on the file's own voxel grid (axes as stored), with a
 //! RAS+ affine; callers reorient with [`crate::volume::Volume::to_canonical`].
 
 pub mod dicom;
 pub mod nifti;
+pub mod nrrd;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Error, Result};
@@ -92,7 +96,7 @@ impl LoadOptions {
 /// What a loader read, besides the voxels: the file's own description.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SourceInfo {
-    /// "NIfTI-1", "NIfTI-2" or "DICOM".
+    /// "NIfTI-1", "NIfTI-2", "NRRD" or "DICOM".
     pub format: String,
     /// Stored data type, numpy-style: "int16", "uint8", "float32", ...
     pub dtype: String,
@@ -116,15 +120,44 @@ pub struct Loaded {
     pub info: SourceInfo,
 }
 
-/// Loads a NIfTI file (`.nii`, `.nii.gz`) or a DICOM series folder.
+/// Loads a NIfTI file (`.nii`, `.nii.gz`), a NRRD file (`.nrrd`, or a
+/// `.nhdr` with its data file) or a DICOM series folder. Files are told
+/// apart by their first bytes (NRRD's magic), and by a `.nrrd`/`.nhdr`
+/// name, so a damaged NRRD file is reported as one rather than as a bad
+/// NIfTI header.
 pub fn load_path(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| Error::Io(e).in_file(path))?;
     if meta.is_dir() {
-        dicom::read_series_dir(path, opts)
+        return dicom::read_series_dir(path, opts);
+    }
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .in_file(path)?;
+    if nrrd::is_nrrd(&head[..n]) || has_nrrd_name(&path.to_string_lossy()) {
+        nrrd::read_path(path, opts)
     } else {
         nifti::read_path(path, opts)
     }
+}
+
+/// Reads one file already in memory (fetched from an object store, or read
+/// once to be checksummed): NRRD when the bytes start with its magic or
+/// `name` ends in `.nrrd`/`.nhdr`, NIfTI otherwise. `name` is what every
+/// error names. A detached NRRD header cannot be read this way (its data
+/// file is not in `bytes`): that is an error saying so.
+pub fn read_named(bytes: &[u8], name: &str, opts: &LoadOptions) -> Result<Loaded> {
+    if nrrd::is_nrrd(bytes) || has_nrrd_name(name) {
+        nrrd::read_named(bytes, name, opts)
+    } else {
+        nifti::read_named(bytes, name, opts)
+    }
+}
+
+fn has_nrrd_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with(".nrrd") || name.ends_with(".nhdr")
 }
 
 /// Replaces NaN and infinite voxels by the smallest finite value of the
@@ -169,6 +202,44 @@ mod tests {
         let mut all_bad = vec![f32::NAN, f32::INFINITY];
         let e = replace_nonfinite(&mut all_bad).unwrap_err().to_string();
         assert!(e.contains("every voxel is NaN or infinite"), "{e}");
+    }
+
+    #[test]
+    fn nrrd_is_picked_by_its_magic_or_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 2 1 1\n\
+                      space: RAS\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n\
+                      encoding: raw\n\n";
+        let mut bytes = header.as_bytes().to_vec();
+        bytes.extend_from_slice(&[3, 4]);
+        // A misleading name does not matter: the bytes say NRRD.
+        let odd = dir.path().join("scan.nii");
+        std::fs::write(&odd, &bytes).unwrap();
+        let l = load_path(&odd, &LoadOptions::default()).unwrap();
+        assert_eq!(
+            (l.info.format.as_str(), l.volume.data()),
+            ("NRRD", &[3.0, 4.0][..])
+        );
+        let l = read_named(&bytes, "object", &LoadOptions::default()).unwrap();
+        assert_eq!(l.info.format, "NRRD");
+        // A damaged .nrrd is reported as a bad NRRD, not a bad NIfTI.
+        let bad = dir.path().join("bad.nrrd");
+        std::fs::write(&bad, b"\x00\x01garbage").unwrap();
+        let e = load_path(&bad, &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.nrrd") && e.contains("not a NRRD file"),
+            "{e}"
+        );
+        let e = read_named(b"junk", "x.NHDR", &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a NRRD file"), "{e}");
+        let e = read_named(b"junk", "x.nii", &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NIfTI"), "{e}");
     }
 
     #[test]

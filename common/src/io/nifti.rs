@@ -762,8 +762,14 @@ fn read_exact_or<R: Read>(src: &mut R, buf: &mut [u8], what: &str) -> Result<()>
 }
 
 /// Streams `n` voxels into f32, growing the buffer as data arrives so that
-/// a lying header over a short stream costs nothing.
-fn read_voxels<R: Read>(src: &mut R, dtype: Dtype, big: bool, n: usize) -> Result<Vec<f32>> {
+/// a lying header over a short stream costs nothing. Shared with the NRRD
+/// reader, whose element types are the same.
+pub(super) fn read_voxels<R: Read>(
+    src: &mut R,
+    dtype: Dtype,
+    big: bool,
+    n: usize,
+) -> Result<Vec<f32>> {
     const CHUNK_VOXELS: usize = 1 << 18;
     let sz = dtype.size();
     let mut out: Vec<f32> = Vec::with_capacity(n.min(1 << 24));

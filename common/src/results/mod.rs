@@ -275,7 +275,8 @@ impl LesionRow {
 ///
 /// Checksums are SHA-256 in hex: of the file's bytes for a file (what
 /// `sha256sum` prints), and for a DICOM folder of the concatenated
-/// `name NUL sha256 NUL` of its files in name order.
+/// `name NUL sha256 NUL` of its files in name order (for a NRRD header with
+/// a detached data file, the same of the header, then the data file).
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ResumeKey {
     /// The image's checksum (`None` when it could not be read).

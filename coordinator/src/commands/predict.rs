@@ -16,14 +16,14 @@ use multir_common::runner::{self, RunOptions};
 
 use crate::cli::PredictArgs;
 
-/// The name outputs are written under: the file name without .nii/.nii.gz,
-/// or the DICOM folder's name.
+/// The name outputs are written under: the file name without
+/// .nii/.nii.gz/.nrrd/.nhdr, or the DICOM folder's name.
 pub fn scan_name(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "scan".into());
-    for ext in [".nii.gz", ".nii"] {
+    for ext in [".nii.gz", ".nii", ".nrrd", ".nhdr"] {
         if let Some(stem) = name.strip_suffix(ext) {
             return stem.to_string();
         }

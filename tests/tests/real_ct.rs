@@ -1,0 +1,104 @@
+//! Our NRRD reader on two real chest CTs against SimpleITK.
+//!
+//! The scans (pyradiomics' lung1 and lung2 test cases, with tumour labels)
+//! are not in the repository: `scripts/fetch-real-ct` downloads them into
+//! the cache. This test is therefore opt-in (`#[ignore]`: it needs the
+//! network once), run with
+//!
+//! ```sh
+//! scripts/fetch-real-ct
+//! cargo test --release -p multir-tests --test real_ct -- --ignored
+//! ```
+//!
+//! Once asked for, missing scans are a failure, not a skip.
+
+use std::path::PathBuf;
+
+use multir_common::io::{self, LoadOptions};
+use multir_tests::{Mismatches, affine, dims3, fixtures_dir, num, nums, python, run_python};
+
+/// Where scripts/fetch-real-ct puts the scans.
+fn real_ct_dir() -> PathBuf {
+    let cache = std::env::var_os("MULTIR_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("multir")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/multir")))
+        .expect("HOME is set");
+    cache.join("real-ct")
+}
+
+#[test]
+#[ignore = "needs the real CTs: run scripts/fetch-real-ct, then this test with --ignored"]
+fn real_chest_cts_read_as_simpleitk_reads_them() {
+    let dir = real_ct_dir();
+    let names = [
+        "lung1_image.nrrd",
+        "lung1_label.nrrd",
+        "lung2_image.nrrd",
+        "lung2_label.nrrd",
+    ];
+    let paths: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    for p in &paths {
+        assert!(
+            p.is_file(),
+            "{} is missing: run scripts/fetch-real-ct first",
+            p.display()
+        );
+    }
+    let Some(py) = python("real_chest_cts_read_as_simpleitk_reads_them") else {
+        return;
+    };
+    let script = fixtures_dir("nrrd").join("describe_sitk.py");
+    let args: Vec<&std::path::Path> = paths.iter().map(PathBuf::as_path).collect();
+    let (ok, out) = run_python(&py, &script, &args);
+    assert!(ok, "describe_sitk.py failed\n{out}");
+    let json = out
+        .split("--- stdout ---\n")
+        .nth(1)
+        .and_then(|s| s.split("\n--- stderr ---").next())
+        .expect("stdout section");
+    let want: serde_json::Value = serde_json::from_str(json.trim()).expect("JSON from SimpleITK");
+    let mut m = Mismatches::new();
+    for p in &paths {
+        let w = &want[p.display().to_string()];
+        let l = io::load_path(p, &LoadOptions::default()).expect("our reader reads it");
+        let name = p.file_name().unwrap().to_string_lossy();
+        m.eq(
+            &format!("{name} shape"),
+            l.info.shape,
+            dims3(&w["shape"], "shape"),
+        );
+        m.eq(
+            &format!("{name} dtype"),
+            l.info.dtype.as_str(),
+            w["dtype"].as_str().unwrap(),
+        );
+        for (a, s) in nums(&w["spacing"], "spacing").into_iter().enumerate() {
+            m.abs(
+                &format!("{name} spacing[{a}]"),
+                l.info.spacing_mm[a],
+                s,
+                1e-9,
+            );
+        }
+        m.affine(
+            &format!("{name} affine"),
+            &l.info.affine,
+            &affine(&w["affine"], "affine"),
+            1e-9,
+        );
+        let stats = l.volume.stats();
+        m.eq(&format!("{name} min"), stats.min, num(&w["min"], "min"));
+        m.eq(&format!("{name} max"), stats.max, num(&w["max"], "max"));
+        // Integer voxels: the f64 sum is exact, so equal means every voxel
+        // landed (a shifted or misread block would change it).
+        let sum: f64 = l.volume.data().iter().map(|&v| v as f64).sum();
+        m.eq(&format!("{name} sum"), sum, num(&w["sum"], "sum"));
+        m.eq(
+            &format!("{name} orientation"),
+            l.info.affine.axcodes(),
+            "LPS".into(),
+        );
+    }
+    m.assert_none("real chest CTs vs SimpleITK");
+}
