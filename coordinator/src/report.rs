@@ -293,6 +293,9 @@ fn overlay_png(ct: &Volume, truth: &Volume, pred: &Volume) -> anyhow::Result<(Ve
     Ok((png_bytes, k))
 }
 
+/// Overlays shown for scans without a truth mask.
+const OVERLAYS_WITHOUT_TRUTH: usize = 4;
+
 /// The overlay figure of one scan, or why there is none.
 fn overlay_html(row: &ScanRow, what: &str, manifest: &Manifest, root: &Path) -> String {
     let caption = format!(
@@ -308,11 +311,12 @@ fn overlay_html(row: &ScanRow, what: &str, manifest: &Manifest, root: &Path) -> 
             .ok_or_else(|| anyhow!("not in the manifest"))?;
         let opts = io::LoadOptions::default();
         let ct = io::load_path(entry.image_path(manifest), &opts)?.volume;
-        let truth_path = entry
-            .mask_path(manifest)
-            .ok_or_else(|| anyhow!("no truth mask in the manifest"))?;
-        let truth = io::load_path(truth_path, &opts)?.volume;
         let pred = io::load_path(mask_path(root, &row.scan_id), &opts)?.volume;
+        // Without a truth mask the overlay shows the prediction alone.
+        let truth = match entry.mask_path(manifest) {
+            Some(p) => io::load_path(p, &opts)?.volume,
+            None => pred.with_data(vec![0.0; pred.len()])?,
+        };
         let (png, k) = overlay_png(&ct, &truth, &pred)?;
         Ok(format!(
             "<img alt=\"{}\" src=\"data:image/png;base64,{}\"><br><small>axial slice {k}; \
@@ -472,6 +476,34 @@ pub fn render(
         .iter()
         .filter(|r| r.dice.is_some() && r.volume_truth_ml.unwrap_or(0.0) > 0.0)
         .collect();
+    // Scans without ground truth (real cohorts): the largest predicted
+    // lesion loads, where a false lesion would show.
+    let mut untruthed: Vec<&ScanRow> = scans
+        .iter()
+        .filter(|r| r.error.is_none() && r.volume_truth_ml.is_none())
+        .collect();
+    if !untruthed.is_empty() {
+        untruthed.sort_by(|a, b| {
+            b.lesion_volume_ml
+                .unwrap_or(0.0)
+                .total_cmp(&a.lesion_volume_ml.unwrap_or(0.0))
+        });
+        writeln!(
+            w,
+            "<h2>Scans without a truth mask, largest predicted lesion volume first</h2>"
+        )?;
+        match manifest {
+            Some(m) => {
+                for (n, row) in untruthed.iter().take(OVERLAYS_WITHOUT_TRUTH).enumerate() {
+                    writeln!(w, "{}", overlay_html(row, &format!("#{}", n + 1), m, root))?;
+                }
+            }
+            None => writeln!(
+                w,
+                "<p class=note>No overlays: give the manifest (multir report --manifest) to show CT slices.</p>"
+            )?,
+        }
+    }
     if !ranked.is_empty() {
         ranked.sort_by(|a, b| b.dice.unwrap_or(0.0).total_cmp(&a.dice.unwrap_or(0.0)));
         writeln!(w, "<h2>Best, median and worst segmentations</h2>")?;

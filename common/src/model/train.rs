@@ -264,7 +264,14 @@ pub fn train(
             patch: cfg.model.patch,
             ..ck.meta.model.clone()
         };
-        if same_window != cfg.model || ck.meta.preprocess != cfg.preprocess {
+        // The weights do not depend on the window size or on whether a lung
+        // region blanks the input (fine-tuning teaches that), but they do
+        // on the grid and the HU window.
+        let same_grid = PreprocessConfig {
+            lung_region: cfg.preprocess.lung_region,
+            ..ck.meta.preprocess
+        };
+        if same_window != cfg.model || same_grid != cfg.preprocess {
             return Err(Error::Checkpoint(
                 "the initial weights belong to a different model or preprocessing configuration"
                     .into(),
