@@ -9,33 +9,43 @@
 //!
 //! # Anatomy model
 //!
-//! The scene is analytic, in millimetres, and rendered at voxel centres
-//! (then lightly blurred, then noised). HU values (unenhanced CT):
+//! The scene is analytic, in millimetres, and rendered at voxel centres,
+//! with 2 x 2 sub-samples wherever a voxel straddles a sharp boundary
+//! (partial volume), then lightly blurred ([1 2 1], the scanner's point
+//! spread), then given artefacts and correlated noise. Textures are hashed
+//! value-noise fields of the position in mm, so they are continuous across
+//! slices and deterministic. HU values:
 //!
-//! | structure | model | HU |
-//! |---|---|---|
-//! | air outside the body, airways | | -1000 |
-//! | body | elliptic cylinder, 280-340 mm wide, narrowing above the apices | |
-//! | subcutaneous fat | outer layer, 3-8 % of the radius | -115..-85 |
-//! | chest-wall muscle | between fat and thoracic cavity | 35..55 |
-//! | ribs | ring segments around the cavity, repeating every 24-30 mm in z and sloping down anteriorly; cortex and marrow | 300 (marrow)..850 (cortex) |
-//! | costal cartilage, sternum | anterior rib ends; anterior midline bone | 110; 250..600 |
-//! | scapulae | posterolateral plates outside the ribs (upper chest) | 500 |
-//! | spine | vertebral body (discs every 24-30 mm), canal, arch, spinous process | 280..700; disc 80; canal 15 |
-//! | table | thin curved slab under the body, separated by air | 200..400 |
-//! | mediastinum, heart, aorta | soft tissue between the lungs; ellipsoid heart on the left, tube aorta beside the spine | 35..42 |
-//! | liver; stomach | below the right dome; gas cap and fluid below the left dome (60 % of scans) | 58; -1000 / 20 |
-//! | trachea, main bronchi | air tubes from the neck to a carina and on to each hilum | -1000 |
-//! | lungs | per side an ellipse clipped by the cavity, the mediastinum, the heart, the spine and aorta; rounded apex, domed base (right dome higher) | -870..-830, up to +45 denser posteriorly |
-//! | pulmonary vessels | per lung six binary trees from the hilum, radius 4.5-6.5 mm thinning by 0.72 per generation over 7 generations | 40 |
+//! | structure | model | HU | lung label |
+//! |---|---|---|---|
+//! | air outside the body, airways | | -1000 | no |
+//! | body habitus | rib cage 200-300 mm wide; obesity (skewed low) sets fat thickness; everything shrinks to fit the 320-380 mm field of view | | |
+//! | subcutaneous fat | beyond the chest-wall muscle; nominal 6-60 mm anterior, 4-37 mm lateral, 6-54 mm posterior (thin laterally in thin patients), varying around the body (2 harmonics), along z and lumpily (value noise); lobular mottling and thin fibrous septa | lobules -124..-76 (mostly -120..-80), septa up to about -45 | no |
+//! | chest-wall muscle | beyond the ribs: base 4-12 mm, pectoralis major (anterior, upper chest, 8-22 mm), erector spinae (beside the spine, 28-42 mm), trapezius / latissimus (posterolateral, 8-18 mm); intercostal muscle between the ribs; mottling and thin fat streaks | 40..55 (+-4) | no |
+//! | breasts (30 % of scans) | anterior protrusion over the pectorals, up to 15-60 mm; fibroglandular tissue mottled in its deep part | fat; gland 0..40 | no |
+//! | arms (35 % down) | down: beside the chest, separated by air, radius 38-65 mm: humerus (fatty marrow, cortex), muscle, fat; up: absent from the chest slices | 30..1100; muscle; fat | no |
+//! | ribs | ring segments around the cavity, repeating every 24-30 mm in z and sloping down anteriorly; cortex and marrow | 300 (marrow)..850 (cortex) | no |
+//! | costal cartilage, sternum | anterior rib ends; anterior midline bone | 110; 250..600 | no |
+//! | scapulae | posterolateral plates in the muscle outside the ribs (upper chest) | 500 | no |
+//! | spine | vertebral body (discs every 24-30 mm), canal, arch, spinous process | 280..700; disc 80; canal 15 | no |
+//! | table | thin curved slab under the body, separated by air | 200..400 | no |
+//! | mediastinum | fat with islands of soft tissue around the great vessels | -100..35 | no |
+//! | heart | ellipsoid on the left: myocardium (7-12 mm wall and septum), right chambers anterior-right, left chambers posterior-left | plain: all 35..53; enhanced (45 %): myocardium 85..120, chambers 150..400 | no |
+//! | aorta, pulmonary trunk | ascending aorta, arch and descending aorta; trunk from the right ventricle to both hila | plain 35..45; enhanced: aorta 150..350, pulmonary arteries 150..400 | no |
+//! | liver; stomach | below the right dome; gas cap and fluid below the left dome (60 % of scans) | 52..65 (enhanced 90..130); -1000 / 20 | no |
+//! | trachea, main bronchi | air tubes from the neck to a carina and on to each hilum | -1000 | no |
+//! | lungs | per side an ellipse clipped by the cavity, the mediastinum, the heart, the spine and aorta; rounded apex, domed base (right dome higher) | -875..-845 + mottling (8-16 HU, 2.5 and 6 mm correlation) + up to 40 denser posteriorly | yes |
+//! | fissures | per lung an oblique plane, and in the right lung a shallow bowl (horizontal fissure) in front of it; 1 mm sheets, partial volume over the voxel's extent along their normal, incomplete in places; shared with the lobar consolidations that stop at them | about -700 at 1.5-2.4 mm voxels | yes |
+//! | pulmonary vessels | per lung six binary trees from the hilum (arteries and veins alternating), radius 5-6.5 mm (10-13 mm calibre) thinning by 0.76 over 9 generations to ~0.5 mm, pruned where they leave the lung | plain about 40; enhanced: arteries as pulmonary arteries, veins as the aorta | yes |
 //!
 //! Lesions ([`LesionKind`]) are soft-edged, randomly lobulated ellipsoids
 //! confined to one lung. Each has a membership weight `w` in [0, 1] (1 in
 //! the middle, 0.5 exactly on its nominal surface, 0 outside); lung
 //! parenchyma is blended towards the lesion's HU by `w`, vessels are painted
 //! on top (ground glass does not hide them), and **the mask is exactly the
-//! lung voxels where the strongest lesion has `w > 0.5`**: what was painted
-//! at least half-way.
+//! lung voxels where the strongest lesion has `w > 0.5`** (and no opaque
+//! finding has weight over 0.5 there, which placement already guarantees):
+//! what was painted at least half-way.
 //!
 //! - **COVID-19**: 2 to 8 peripheral (subpleural) ground-glass opacities,
 //!   -680..-330 HU, at least one in each lung, flattened against the pleura
@@ -43,39 +53,72 @@
 //!   the radius). The first, larger one and about a third of the others have
 //!   a consolidated core (-100..+40 HU).
 //! - **CAP**: one large lobar or segmental consolidation (-90..+40 HU, sharp
-//!   border, stopped by the oblique or horizontal fissure), air
+//!   border, stopped by the scene's oblique or horizontal fissure), air
 //!   bronchograms in 70 % of scans; a smaller satellite in the same lung in
 //!   35 %, a small ground-glass focus in the other lung in 15 %.
 //! - **Healthy**: no lesions; the mask is empty.
 //!
+//! **Findings** ([`FindingKind`], [`FindingInfo`]) that are not pneumonia
+//! and never in the mask, drawn independently in scans of every class:
+//!
+//! | finding | share of scans | model | HU | lung label |
+//! |---|---|---|---|---|
+//! | nodule | 15 % | lobulated ellipsoid, 5-30 mm, anywhere in a lung | 20..50 | yes (a tumour in the lung is lung region) |
+//! | mass | 6 % | 30-60 mm, lobulated, spiculated in 60 %; against the pleura, at the hilum or inside | 20..50 | yes |
+//! | atelectasis | 15 % | pleura-based band or wedge at the posterior / lateral base; the hemidiaphragm rises 5-15 mm (volume loss) | 5..55 | yes (collapsed lung) |
+//! | pleural effusion | 12 % (30 % of them bilateral) | dependent crescent, 10-40 mm deep posteriorly, thinning forwards and upwards, displacing the lung | 0..20 | **no** |
+//! | emphysema | 12 % | 60-220 centrilobular holes (2-8 mm) and 0-2 bullae (16-36 mm), upper zones | about -985 | yes |
+//!
+//! Opaque findings are placed clear of every lesion's bounding box.
+//!
 //! Per scan the in-plane size (default 160-224 voxels over a 320-380 mm
-//! field of view), slice spacing (1-5 mm), body and lung size, HU levels,
-//! noise (10-40 HU), lesion load and orientation vary. About half the scans
-//! are stored with an LPS-like affine (voxel axes `i` and `j` flipped, as
-//! DICOM-derived NIfTI files often are) so loaders and reorientation are
-//! exercised; image, mask and lung labels always share one affine.
+//! field of view), slice spacing (1-5 mm), body habitus, fat, arms, breasts,
+//! contrast, HU levels, noise (10-40 HU, correlated in-plane by a Gaussian
+//! kernel of 0.6-1.3 voxels), artefacts, findings, lesion load and
+//! orientation vary; [`PhantomParams`] records them. Artefacts: cupping
+//! (0-22 HU lower at the body's centre, more in large patients) in every
+//! scan; streaks (thin alternating bright and dark lines radiating from
+//! the source, fading with distance) from a metal port chamber in the
+//! upper anterior chest wall (about 12 % of scans) or from the humeri in
+//! 60 % of arms-down scans, which also get a dark beam-hardening band
+//! between the humeri. About half the scans are stored with an LPS-like
+//! affine (voxel axes `i` and `j` flipped, as DICOM-derived NIfTI files
+//! often are) so loaders and reorientation are exercised; image, mask and
+//! lung labels always share one affine.
 //!
 //! # What is and is not realistic
 //!
-//! Realistic enough for pipeline tests: the HU ranges of the tissues, the
-//! body/table/air layout, lung shape and volume (about 1.5-2.5 l per lung in
-//! a full-chest scan), the vessel tree's calibre and density, peripheral
-//! bilateral multifocal GGO for COVID-19 against unilateral lobar
-//! consolidation for CAP, voxel grids and orientations as in public cohorts.
-//! Not realistic: the shapes are smooth analytic primitives; there are no
-//! lobar fissure lines, no bronchial tree inside the lungs (other than air
-//! bronchograms), no interlobular septa or crazy paving, no contrast, no
-//! breathing or beam hardening artefacts, no arms; noise is white (added
-//! after the blur) and only approximately Gaussian. A model trained on
-//! phantoms will not transfer to patients; the phantoms test the software,
-//! not the medicine.
+//! Realistic enough for pipeline tests and to keep a model from calling
+//! the chest wall a lesion: the HU ranges of the tissues; a thick, uneven
+//! and textured subcutaneous fat layer (the -120..-80 HU fat that real
+//! scans have in litres, next to -100..+50 HU consolidations); chest-wall
+//! and back muscles with fat streaks; breasts; arms down or up; plain and
+//! enhanced blood; the body/table/air layout; lung shape and volume (about
+//! 1.5-2.5 l per lung in a full-chest scan); a vessel tree reaching close
+//! to the pleura; fissures; parenchymal texture and the dependent
+//! gradient; correlated noise, streaks and cupping; partial volume at
+//! boundaries; common non-pneumonia findings (nodules, masses, basal
+//! atelectasis, effusions, emphysema) in every class; peripheral bilateral
+//! multifocal GGO for COVID-19 against unilateral lobar consolidation for
+//! CAP; voxel grids and orientations as in public cohorts.
+//! Not realistic: the shapes are still smooth analytic primitives (an
+//! elliptic rib cage, ellipsoid heart, tube vessels); there is no bronchial
+//! tree inside the lungs (other than air bronchograms), no interlobular
+//! septa or crazy paving, no breathing or motion artefacts, no shoulder
+//! girdle (clavicles, humeral heads) above the apices, no axillary lymph
+//! nodes or vessels, no abdominal organs other than liver and stomach; the
+//! noise is stationary (not higher behind the shoulders) and only
+//! approximately Gaussian; streaks are a pattern, not a reconstruction. A
+//! model trained on phantoms will not transfer to patients as is; the
+//! phantoms test the software, not the medicine.
 //!
 //! # Determinism
 //!
 //! A phantom depends only on its label, its seed and the configuration:
 //! scene parameters come from one ChaCha8 stream seeded by the scan seed,
-//! and the noise of slice `k` from stream `k` of a second ChaCha8
-//! generator, so results are bit-identical whatever the thread count. In a
+//! textures are hashed fields of the position, and the noise of slice `k`
+//! comes from stream `k` of a second ChaCha8 generator (filtered within
+//! the slice), so results are bit-identical whatever the thread count. In a
 //! cohort, scan `i` has seed [`scan_seed`]`(cohort_seed, i)` and the labels
 //! are a deterministic shuffle of a balanced list ([`cohort_labels`]).
 
@@ -263,6 +306,64 @@ pub struct LesionInfo {
     pub volume_ml: f64,
 }
 
+/// A non-pneumonia finding; never part of the lesion mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Solitary pulmonary nodule, 5-30 mm, soft tissue (lung label).
+    Nodule,
+    /// Lung mass, 30-60 mm, lobulated or spiculated, possibly touching the
+    /// pleura or the hilum (lung label).
+    Mass,
+    /// Dependent basal atelectasis: a dense band or wedge, 0..60 HU, with
+    /// volume loss (the hemidiaphragm rises); collapsed lung is lung label.
+    Atelectasis,
+    /// Pleural effusion: a posterior basal crescent of fluid, 0..20 HU,
+    /// displacing the lung (never lung label).
+    PleuralEffusion,
+    /// Emphysema: centrilobular holes and bullae, about -985 HU, mostly in
+    /// the upper zones (lung label).
+    Emphysema,
+}
+
+/// One finding and its extent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FindingInfo {
+    /// What it is.
+    pub kind: FindingKind,
+    /// Its side.
+    pub side: LungSide,
+    /// Centre in world RAS mm (for emphysema, of the box of its holes).
+    pub center_mm: [f64; 3],
+    /// Voxels where it is more than half present (for emphysema, the
+    /// holes), in millilitres.
+    pub volume_ml: f64,
+    /// Whether its voxels carry the lung label.
+    pub in_lung_label: bool,
+}
+
+/// Whether the arms lie beside the chest or are raised above the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArmPosition {
+    /// Raised: absent from the chest slices.
+    Up,
+    /// Down beside the chest: humerus, muscle and fat.
+    Down,
+}
+
+/// Streak artefacts in a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Streaks {
+    /// None.
+    None,
+    /// Radiating from a metal object in the anterior chest wall.
+    Metal,
+    /// Radiating from the humeri of arms down (with a dark band between).
+    Arms,
+}
+
 /// The parameters a phantom was drawn with, and its exact measurements.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PhantomParams {
@@ -291,6 +392,27 @@ pub struct PhantomParams {
     pub involvement: f64,
     /// Every painted lesion, including any that ended up with no voxels.
     pub lesions: Vec<LesionInfo>,
+    /// Whether the scan is contrast-enhanced.
+    pub contrast: bool,
+    /// HU of the aorta and left heart, the right heart and pulmonary
+    /// arteries, and the myocardium (about 40 each in plain scans).
+    pub blood_hu: [f64; 3],
+    /// Arms down beside the chest or raised.
+    pub arms: ArmPosition,
+    /// Whether the scan has breasts.
+    pub breasts: bool,
+    /// Nominal subcutaneous fat thickness anterior, lateral and posterior,
+    /// mm (it varies around the body and along z about these).
+    pub fat_mm: [f64; 3],
+    /// Standard deviation in voxels of the Gaussian kernel that correlates
+    /// the noise in-plane.
+    pub noise_kernel_px: f64,
+    /// Streak artefacts.
+    pub streaks: Streaks,
+    /// Depth of the cupping (beam hardening) at the body's centre, HU.
+    pub cupping_hu: f64,
+    /// Non-pneumonia findings (never in the mask).
+    pub findings: Vec<FindingInfo>,
 }
 
 /// One synthetic scan with its ground truth. The three volumes share dims
@@ -319,6 +441,7 @@ pub fn generate(label: Label, seed: u64, cfg: &PhantomConfig) -> Result<Phantom>
     let noise_sigma = geom::uni(&mut rng, cfg.noise_hu[0], cfg.noise_hu[1]);
     let lps = rng.random::<f64>() < cfg.lps_fraction;
     let noise_key = rng.next_u64();
+    let kernel_px = geom::uni(&mut rng, 0.6, 1.3);
 
     let g = scene.grid;
     let [ni, nj, nk] = g.dims;
@@ -328,19 +451,20 @@ pub fn generate(label: Label, seed: u64, cfg: &PhantomConfig) -> Result<Phantom>
     let mut mask = vec![0f32; n];
     let mut lungs = vec![0f32; n];
     let nles = scene.lesions.len();
+    let ncount = nles + scene.findings.len();
     let counts = img
         .par_chunks_mut(plane)
         .zip(mask.par_chunks_mut(plane))
         .zip(lungs.par_chunks_mut(plane))
         .enumerate()
         .map(|(k, ((im, ma), lu))| {
-            let mut c = vec![0u64; nles];
+            let mut c = vec![0u64; ncount];
             scene.render_slice(k, im, ma, lu, &mut c);
             blur_plane(im, ni, nj);
             c
         })
         .reduce(
-            || vec![0u64; nles],
+            || vec![0u64; ncount],
             |mut a, b| {
                 a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
                 a
@@ -351,12 +475,19 @@ pub fn generate(label: Label, seed: u64, cfg: &PhantomConfig) -> Result<Phantom>
     if g.dz <= 1.5 * g.px {
         blur_z(&mut img, plane, nk);
     }
+    // Artefacts and noise per slice: each slice has its own noise stream,
+    // correlated in-plane by a small Gaussian kernel (as a reconstruction
+    // kernel does) and scaled back to the drawn sigma.
+    let kernel = gaussian_kernel(kernel_px);
     let sigma = noise_sigma as f32;
     img.par_chunks_mut(plane).enumerate().for_each(|(k, im)| {
+        scene.artefacts(k, im);
         let mut r = ChaCha8Rng::seed_from_u64(noise_key);
         r.set_stream(k as u64);
-        for v in im.iter_mut() {
-            *v = (*v + sigma * gaussian(&mut r)).clamp(-1024.0, 3071.0);
+        let mut noise: Vec<f32> = (0..plane).map(|_| gaussian(&mut r)).collect();
+        filter_plane(&mut noise, ni, nj, &kernel);
+        for (v, e) in im.iter_mut().zip(&noise) {
+            *v = (*v + sigma * e).clamp(-1024.0, 3071.0);
         }
     });
 
@@ -404,6 +535,18 @@ pub fn generate(label: Label, seed: u64, cfg: &PhantomConfig) -> Result<Phantom>
             volume_ml: voxels as f64 * voxel_ml,
         })
         .collect();
+    let findings: Vec<FindingInfo> = scene
+        .findings
+        .iter()
+        .zip(&counts[nles..])
+        .map(|(f, &voxels)| FindingInfo {
+            kind: f.kind,
+            side: Scene::side(f.lung),
+            center_mm: geom::add(f.center, scene.shift),
+            volume_ml: voxels as f64 * voxel_ml,
+            in_lung_label: f.kind != FindingKind::PleuralEffusion,
+        })
+        .collect();
     let total_lesion = lesion_vox[0] + lesion_vox[1];
     let total_lung = lung_vox[0] + lung_vox[1];
     let params = PhantomParams {
@@ -423,6 +566,15 @@ pub fn generate(label: Label, seed: u64, cfg: &PhantomConfig) -> Result<Phantom>
             0.0
         },
         lesions,
+        contrast: scene.contrast,
+        blood_hu: scene.blood,
+        arms: scene.arm_position(),
+        breasts: scene.breasts(),
+        fat_mm: scene.fat_mm(),
+        noise_kernel_px: kernel_px,
+        streaks: scene.streaks,
+        cupping_hu: scene.cupping,
+        findings,
     };
     Ok(Phantom {
         image: Volume::new(img, g.dims, affine)?,
@@ -467,6 +619,52 @@ fn blur_plane(s: &mut [f32], ni: usize, nj: usize) {
             let a = line[j.saturating_sub(1)];
             let c = line[(j + 1).min(nj - 1)];
             s[i + ni * j] = 0.25 * a + 0.5 * line[j] + 0.25 * c;
+        }
+    }
+}
+
+/// A normalised 1D Gaussian kernel of standard deviation `sigma` voxels,
+/// scaled so that separable filtering of unit white noise in 2D keeps unit
+/// variance (the 2D gain is the square of the 1D sum of squares).
+fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let r = (2.5 * sigma).ceil().max(1.0) as i64;
+    let w: Vec<f64> = (-r..=r)
+        .map(|i| (-0.5 * (i as f64 / sigma).powi(2)).exp())
+        .collect();
+    let sum: f64 = w.iter().sum();
+    let w: Vec<f64> = w.iter().map(|v| v / sum).collect();
+    let ss: f64 = w.iter().map(|v| v * v).sum();
+    w.iter().map(|v| (v / ss.sqrt()) as f32).collect()
+}
+
+/// Separable in-plane filter with `kernel` (odd length), edges clamped.
+fn filter_plane(s: &mut [f32], ni: usize, nj: usize, kernel: &[f32]) {
+    let r = kernel.len() / 2;
+    let mut line = vec![0f32; ni.max(nj)];
+    let mut tmp = vec![0f32; ni.max(nj)];
+    let pass = |line: &[f32], out: &mut [f32], n: usize| {
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            let mut acc = 0.0;
+            for (t, &w) in kernel.iter().enumerate() {
+                let src = (i + t).saturating_sub(r).min(n - 1);
+                acc += w * line[src];
+            }
+            *o = acc;
+        }
+    };
+    for j in 0..nj {
+        let row = &mut s[j * ni..(j + 1) * ni];
+        line[..ni].copy_from_slice(row);
+        pass(&line, &mut tmp, ni);
+        row.copy_from_slice(&tmp[..ni]);
+    }
+    for i in 0..ni {
+        for j in 0..nj {
+            line[j] = s[i + ni * j];
+        }
+        pass(&line, &mut tmp, nj);
+        for j in 0..nj {
+            s[i + ni * j] = tmp[j];
         }
     }
 }
@@ -630,6 +828,13 @@ mod tests {
         assert_eq!(a.image, b.image);
         assert_eq!(a.mask, b.mask);
         assert_eq!(a.params, b.params);
+        let pool2 = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let b2 = pool2.install(|| generate(Label::Covid, 7, &cfg)).unwrap();
+        assert_eq!(a.image, b2.image);
+        assert_eq!(a.lungs, b2.lungs);
         let c = generate(Label::Covid, 8, &cfg).unwrap();
         assert!(a.image.dims() != c.image.dims() || a.image.data() != c.image.data());
         assert_eq!(scan_seed(1, 2), scan_seed(1, 2));
@@ -639,7 +844,10 @@ mod tests {
 
     #[test]
     fn healthy_scans_have_empty_masks_and_plausible_anatomy() {
-        let cfg = small();
+        // Voxels of 2.5-4 mm: in the 4-6 mm ones of `small` the partial
+        // volume of the chest wall, vessels and fissures takes up much of
+        // the thin lung.
+        let cfg = medium();
         for seed in 0..4 {
             let p = generate(Label::Healthy, seed, &cfg).unwrap();
             assert!(p.mask.data().iter().all(|&m| m == 0.0));
@@ -887,6 +1095,107 @@ mod tests {
                 .map(|e| e.label.unwrap())
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// Seeds (from 0) whose scene of `label` has a finding `pick` accepts.
+    fn seeds_with(
+        label: Label,
+        cfg: &PhantomConfig,
+        n: usize,
+        pick: impl Fn(&scene::Finding) -> bool,
+    ) -> Vec<u64> {
+        (0..400u64)
+            .filter(|&seed| {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                Scene::sample(&mut rng, label, cfg)
+                    .findings
+                    .iter()
+                    .any(&pick)
+            })
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn findings_are_never_lesions_and_effusion_is_never_lung() {
+        let cfg = PhantomConfig {
+            lps_fraction: 0.0,
+            ..small()
+        };
+        let mut cases: Vec<(Label, u64)> = Vec::new();
+        for label in [Label::Covid, Label::Cap, Label::Healthy] {
+            for s in seeds_with(label, &cfg, 2, |f| f.kind == FindingKind::PleuralEffusion) {
+                cases.push((label, s));
+            }
+            for s in seeds_with(label, &cfg, 2, |f| f.opaque()) {
+                cases.push((label, s));
+            }
+        }
+        assert!(cases.len() >= 10, "{cases:?}");
+        let (mut fluid, mut opaque) = (0u64, 0u64);
+        for (label, seed) in cases {
+            let p = generate(label, seed, &cfg).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let scene = Scene::sample(&mut rng, label, &cfg);
+            let [ni, nj, nk] = p.image.dims();
+            for k in 0..nk {
+                for j in 0..nj {
+                    for i in 0..ni {
+                        let (lab, w) = scene.probe(i, j, k);
+                        let (m, l) = (p.mask.get(i, j, k), p.lungs.get(i, j, k));
+                        if lab > 2 {
+                            fluid += 1;
+                            assert_eq!(l, 0.0, "{label:?} {seed}: effusion is lung");
+                            assert_eq!(m, 0.0, "{label:?} {seed}: effusion in mask");
+                        }
+                        if w > 0.5 {
+                            opaque += 1;
+                            assert_eq!(m, 0.0, "{label:?} {seed}: finding in mask");
+                            assert!(l > 0.0, "{label:?} {seed}: finding outside lung");
+                        }
+                        if m > 0.0 {
+                            assert!(l > 0.0, "{label:?} {seed}: lesion outside lung");
+                        }
+                    }
+                }
+            }
+            for f in &p.params.findings {
+                assert_eq!(f.in_lung_label, f.kind != FindingKind::PleuralEffusion);
+            }
+            let sum: u64 = p.params.lesions.iter().map(|l| l.voxels).sum();
+            assert_eq!(sum, p.params.lesion_voxels[0] + p.params.lesion_voxels[1]);
+        }
+        assert!(fluid > 0 && opaque > 0, "fluid {fluid}, opaque {opaque}");
+    }
+
+    #[test]
+    fn correlated_noise_keeps_its_sigma() {
+        let (ni, nj) = (96, 96);
+        for sigma in [0.6, 1.3] {
+            let k = gaussian_kernel(sigma);
+            let mut r = ChaCha8Rng::seed_from_u64(9);
+            let mut v: Vec<f32> = (0..ni * nj).map(|_| gaussian(&mut r)).collect();
+            filter_plane(&mut v, ni, nj, &k);
+            // Interior only: clamped edges repeat samples.
+            let mut s2 = 0.0;
+            let mut lag = 0.0;
+            let mut n = 0.0;
+            for j in 8..nj - 8 {
+                for i in 8..ni - 8 {
+                    let a = v[i + ni * j] as f64;
+                    s2 += a * a;
+                    lag += a * v[i + 1 + ni * j] as f64;
+                    n += 1.0;
+                }
+            }
+            let var = s2 / n;
+            assert!((var - 1.0).abs() < 0.12, "sigma {sigma}: variance {var}");
+            assert!(
+                lag / s2 > 0.3,
+                "sigma {sigma}: not correlated ({})",
+                lag / s2
+            );
+        }
     }
 
     #[test]
