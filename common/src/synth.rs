@@ -36,7 +36,7 @@
 //! | trachea, main bronchi | air tubes from the neck to a carina and on to each hilum | -1000 | no |
 //! | lungs | per side an ellipse clipped by the cavity, the mediastinum, the heart, the spine and aorta; rounded apex, domed base (right dome higher) | -875..-845 + mottling (8-16 HU, 2.5 and 6 mm correlation) + up to 40 denser posteriorly | yes |
 //! | fissures | per lung an oblique plane, and in the right lung a shallow bowl (horizontal fissure) in front of it; 1 mm sheets, partial volume over the voxel's extent along their normal, incomplete in places; shared with the lobar consolidations that stop at them | about -700 at 1.5-2.4 mm voxels | yes |
-//! | pulmonary vessels | per lung six binary trees from the hilum (arteries and veins alternating), radius 5-6.5 mm (10-13 mm calibre) thinning by 0.76 over 9 generations to ~0.5 mm, pruned where they leave the lung | plain about 40; enhanced: arteries as pulmonary arteries, veins as the aorta | yes |
+//! | pulmonary vessels | per lung twelve binary trees from the hilum (arteries and veins alternating, apical to basal), radius 4.5-6 mm (9-12 mm calibre) thinning by 0.76 over 8 generations to ~0.6 mm; branches lean outwards and turn away from the pleura to stay in the lung; plus 350-500 peripheral twigs per lung (1-3.6 mm calibre) scattered evenly | plain about 40; enhanced: arteries as pulmonary arteries, veins as the aorta | yes |
 //!
 //! Lesions ([`LesionKind`]) are soft-edged, randomly lobulated ellipsoids
 //! confined to one lung. Each has a membership weight `w` in [0, 1] (1 in
@@ -957,7 +957,8 @@ mod tests {
 
     #[test]
     fn lung_outside_lesions_and_mask_are_consistent() {
-        let cfg = small();
+        // 2.5-4 mm voxels, as in the healthy-anatomy test.
+        let cfg = medium();
         let p = generate(Label::Covid, 3, &cfg).unwrap();
         let mut lung: Vec<f32> = Vec::new();
         for ((&m, &l), &v) in p.mask.data().iter().zip(p.lungs.data()).zip(p.image.data()) {

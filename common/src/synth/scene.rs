@@ -821,19 +821,17 @@ impl Scene {
             self.great
                 .push((Tube::new(bif, hil, 0.75 * pr, 0.65 * pr, soft), 1));
         }
-        // Six trunks per lung (apical, anterior, lateral, posterior,
-        // posterior-basal, anterior-basal), each a binary tree from ~12 mm
-        // calibre at the hilum to ~1 mm, pruned where it leaves the lung,
-        // so that it fills the lung to within ~10 mm of the pleura.
+        // Twelve trunks per lung, anterolateral and posterolateral at six
+        // elevations from apical to basal, each a binary tree from ~10-12
+        // mm calibre at the hilum to ~1 mm whose branches turn away from
+        // the pleura, so that it fills the lung to within ~10 mm of it.
         // Trunks alternate between arteries and veins.
-        let trunks: [V3; 6] = [
-            [0.4, 0.1, 1.0],
-            [0.8, 0.7, 0.5],
-            [1.0, 0.2, 0.1],
-            [0.7, -0.7, 0.3],
-            [0.4, -0.5, -1.0],
-            [0.5, 0.6, -0.8],
-        ];
+        let mut trunks = [[0.0; 3]; 12];
+        for (i, t) in trunks.iter_mut().enumerate() {
+            let elev = [1.0, 0.55, 0.2, -0.15, -0.5, -0.9][i / 2];
+            let ay = if i % 2 == 0 { 0.6 } else { -0.6 };
+            *t = [0.8, ay, 1.5 * elev];
+        }
         let mut vessels = Vec::new();
         let mut artery = Vec::new();
         for lung in [1u8, 2] {
@@ -842,16 +840,37 @@ impl Scene {
             for (ti, t) in trunks.iter().enumerate() {
                 let turn = uni(rng, 0.0, 0.2);
                 let d = deflect(rng, normalize([s * t[0], t[1], t[2]]), turn);
-                let r0 = uni(rng, 5.0, 6.5);
+                let r0 = uni(rng, 4.5, 6.0);
                 let len = uni(rng, 22.0, 28.0);
                 let before = vessels.len();
                 let keep = |p: V3| self.lung_at(p) == lung;
-                grow_tree(rng, &mut vessels, root, d, len, r0, 9, soft, &keep, 0);
+                grow_tree(rng, &mut vessels, root, d, len, r0, 8, soft, &keep, 0, root);
                 artery.extend(std::iter::repeat_n(ti % 2 == 0, vessels.len() - before));
             }
         }
         self.vessels = vessels;
         self.artery = artery;
+        // The trees leave gaps; peripheral twigs (1-3.6 mm calibre, mostly
+        // thin, pointing away from the hilum) scattered through each lung
+        // give the even density of small vessels real lungs show.
+        for lung in [1u8, 2] {
+            let hil = self.hilum(lung);
+            for i in 0..rng.random_range(350..=500) {
+                let Some(p) = self.lung_point(rng, lung, 0.0, 1.0) else {
+                    continue;
+                };
+                let turn = uni(rng, 0.0, 0.5);
+                let d = deflect(rng, normalize(sub(p, hil)), turn);
+                let half = 0.5 * uni(rng, 8.0, 20.0);
+                let (a, b) = (sub(p, scale(d, half)), add(p, scale(d, half)));
+                if self.lung_at(a) != lung || self.lung_at(b) != lung {
+                    continue;
+                }
+                let r = 0.5 + 1.3 * rng.random::<f64>().powi(2);
+                self.vessels.push(Tube::vessel(a, b, r, 0.8 * r, soft));
+                self.artery.push(i % 2 == 0);
+            }
+        }
     }
     /// Lower and upper z of the slab where lesions may sit (inside the
     /// scan, clear of the lung apex).
@@ -1062,6 +1081,7 @@ impl Scene {
                 0.4 * self.grid.px,
                 &|_: V3| true,
                 0,
+                start,
             );
         }
         self.lesions.push(Lesion {
@@ -2145,12 +2165,13 @@ fn grow_tree(
     soft: f64,
     keep: &dyn Fn(V3) -> bool,
     generation: u32,
+    origin: V3,
 ) {
     let end = add(p, scale(d, len));
     if generation >= 2 && !keep(p) && !keep(end) {
         return;
     }
-    out.push(Tube::new(p, end, r, 0.85 * r, soft));
+    out.push(Tube::vessel(p, end, r, 0.85 * r, soft));
     if depth == 0 {
         return;
     }
@@ -2159,9 +2180,12 @@ fn grow_tree(
         // (a few tries), so the tree fills the lung instead of leaving it.
         let (mut nd, mut child_len) = (d, len);
         let mut ok = false;
+        // Branches spread: each child leans away from where the tree
+        // started.
+        let out_dir = normalize(sub(end, origin));
         for _ in 0..6 {
             let angle = uni(rng, 0.3, 0.65);
-            nd = deflect(rng, d, angle);
+            nd = normalize(add(deflect(rng, d, angle), scale(out_dir, 0.35)));
             child_len = len * uni(rng, 0.78, 0.92);
             if generation < 1 || keep(add(end, scale(nd, child_len))) {
                 ok = true;
@@ -2182,6 +2206,7 @@ fn grow_tree(
             soft,
             keep,
             generation + 1,
+            origin,
         );
     }
 }
