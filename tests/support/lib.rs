@@ -215,6 +215,18 @@ impl Mismatches {
     }
 }
 
+/// Where `scripts/fetch-real-ct` puts the real chest CTs (and their
+/// `manifest.csv`): `$MULTIR_CACHE/real-ct`, by default
+/// `~/.cache/multir/real-ct`.
+pub fn real_ct_dir() -> PathBuf {
+    let cache = std::env::var_os("MULTIR_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("multir")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/multir")))
+        .expect("HOME is set");
+    cache.join("real-ct")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

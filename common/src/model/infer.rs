@@ -652,11 +652,14 @@ mod tests {
                 }
             }
         }
-        for (n, &m) in a.mask.data().iter().enumerate() {
+        // Exactly: no lesion voxel outside the region on the scan's grid.
+        let exact = prep.region_on_source().unwrap().unwrap();
+        for (n, (&m, &r)) in a.mask.data().iter().zip(exact.data()).enumerate() {
             assert!(
-                m == 0.0 || near[n],
+                m == 0.0 || r == 1.0,
                 "lesion voxel {n} outside the lung region"
             );
+            assert!(r == 0.0 || near[n]);
         }
         // Scramble the body away from the region (chest wall, fat, muscle,
         // bone) with fat- and muscle-like values: the answer is bit for bit

@@ -100,6 +100,25 @@ pub fn prepare(ct: &Volume, cfg: &PreprocessConfig) -> Result<Prepared> {
 }
 
 impl Prepared {
+    /// The lung region on the file's own grid (1 inside, 0 outside), when
+    /// there is one: every scan voxel whose trilinear restoration reads any
+    /// model voxel of the region. A lesion probability restored to the
+    /// scan's grid can be above 0 only there, so "no lesion outside the
+    /// region" can be checked voxel for voxel on the scan's grid.
+    pub fn region_on_source(&self) -> Result<Option<Volume>> {
+        let Some(r) = &self.region else {
+            return Ok(None);
+        };
+        let on_grid = self
+            .volume
+            .with_data(r.mask.iter().map(|&m| f32::from(m)).collect())?;
+        let mut back = self.restore(&on_grid, Interp::Linear)?;
+        back.data_mut()
+            .iter_mut()
+            .for_each(|v| *v = f32::from(*v > 0.0));
+        Ok(Some(back))
+    }
+
     /// Brings a volume on the model grid (mask: [`Interp::Nearest`];
     /// probabilities: [`Interp::Linear`]) back onto the original file's grid
     /// and orientation, voxel for voxel.
