@@ -384,13 +384,14 @@ mod tests {
             lesion += s_les;
             covered += s_cov;
             // The region holds both true lungs almost entirely, and is not
-            // much larger than them.
+            // much larger than them (these half-size phantoms have small
+            // lungs, for which the 5 mm margin weighs most).
             assert!(
                 l_in as f64 / l_all as f64 > 0.99,
                 "lung coverage {l_in}/{l_all}"
             );
             assert!(
-                (r.voxels as f64) < 2.0 * l_all as f64,
+                (r.voxels as f64) < 2.5 * l_all as f64,
                 "region {} voxels for {l_all} lung voxels",
                 r.voxels
             );
