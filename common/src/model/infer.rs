@@ -288,17 +288,20 @@ impl Predictor {
             _ => Device::Cpu,
         };
         let shape = |d: [usize; 3]| [1i64, 1, d[2] as i64, d[1] as i64, d[0] as i64];
-        let vol = Tensor::f_from_slice(prepared.volume.data())?
-            .f_view(shape(dims))?
-            .f_to_device(stitch)?
-            .f_constant_pad_nd([
-                0,
-                (padded[0] - dims[0]) as i64,
-                0,
-                (padded[1] - dims[1]) as i64,
-                0,
-                (padded[2] - dims[2]) as i64,
-            ])?;
+        // A model-grid volume as a padded 1 x 1 x D x H x W tensor.
+        let to_padded = |t: Tensor| -> Result<Tensor> {
+            Ok(t.f_view(shape(dims))?
+                .f_to_device(stitch)?
+                .f_constant_pad_nd([
+                    0,
+                    (padded[0] - dims[0]) as i64,
+                    0,
+                    (padded[1] - dims[1]) as i64,
+                    0,
+                    (padded[2] - dims[2]) as i64,
+                ])?)
+        };
+        let vol = to_padded(Tensor::f_from_slice(prepared.volume.data())?)?;
         let starts = patch::sliding_starts(padded, patch, cfg.overlap)?;
         let g_dev = gaussian_window(patch, self.device)?;
         let g_st = g_dev.f_to_device(stitch)?;
@@ -321,20 +324,9 @@ impl Predictor {
         // hold none of it are blank and skipped; they still count in the
         // stitching weights, so their voxels read 0, not 0 / 0.
         let region = match &prepared.region {
-            Some(r) => Some(
-                Tensor::f_from_slice(&r.mask)?
-                    .f_to_kind(Kind::Float)?
-                    .f_view(shape(dims))?
-                    .f_to_device(stitch)?
-                    .f_constant_pad_nd([
-                        0,
-                        (padded[0] - dims[0]) as i64,
-                        0,
-                        (padded[1] - dims[1]) as i64,
-                        0,
-                        (padded[2] - dims[2]) as i64,
-                    ])?,
-            ),
+            Some(r) => Some(to_padded(
+                Tensor::f_from_slice(&r.mask)?.f_to_kind(Kind::Float)?,
+            )?),
             None => None,
         };
         let mut active = Vec::with_capacity(starts.len());
