@@ -160,6 +160,23 @@ fn has_nrrd_name(name: &str) -> bool {
     name.ends_with(".nrrd") || name.ends_with(".nhdr")
 }
 
+/// Turns a gzip decoder's I/O errors into errors that say what happened
+/// (shared by the NIfTI and NRRD readers).
+pub(crate) fn gzip_context(e: Error) -> Error {
+    match e {
+        Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Error::Truncated(format!("gzip stream ends early ({io})"))
+        }
+        Error::Io(io)
+            if io.kind() == std::io::ErrorKind::InvalidInput
+                || io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Error::Truncated(format!("corrupt gzip stream: {io}"))
+        }
+        other => other,
+    }
+}
+
 /// Replaces NaN and infinite voxels by the smallest finite value of the
 /// volume, so that they read as background (air in CT, outside in masks)
 /// and cannot poison sums and interpolation. Returns how many were

@@ -609,7 +609,7 @@ fn is_gzip<R: BufRead>(r: &mut R) -> Result<bool> {
 fn read_inner<R: BufRead>(mut src: R, opts: &LoadOptions, file_len: Option<u64>) -> Result<Loaded> {
     if is_gzip(&mut src)? {
         let mut dec = BufReader::with_capacity(1 << 20, MultiGzDecoder::new(src));
-        let loaded = read_stream(&mut dec, opts, None).map_err(gzip_context)?;
+        let loaded = read_stream(&mut dec, opts, None).map_err(super::gzip_context)?;
         // The decoder checks each member's CRC-32 and length (its 8-byte
         // trailer) only when it reaches the member's end, and reading stops
         // after the header's promised voxel bytes, just before it: without
@@ -623,7 +623,7 @@ fn read_inner<R: BufRead>(mut src: R, opts: &LoadOptions, file_len: Option<u64>)
                      match the decompressed bytes ({e})"
                 ))
             }
-            _ => gzip_context(e.into()),
+            _ => super::gzip_context(e.into()),
         })?;
         Ok(loaded)
     } else {
@@ -639,22 +639,6 @@ fn read_inner<R: BufRead>(mut src: R, opts: &LoadOptions, file_len: Option<u64>)
 /// A DICOM Part 10 file: a 128-byte preamble, then "DICM".
 fn looks_like_dicom(head: &[u8]) -> bool {
     head.len() >= 132 && &head[128..132] == b"DICM"
-}
-
-/// Turns the decoder's I/O errors into errors that say what happened.
-fn gzip_context(e: Error) -> Error {
-    match e {
-        Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Error::Truncated(format!("gzip stream ends early ({io})"))
-        }
-        Error::Io(io)
-            if io.kind() == std::io::ErrorKind::InvalidInput
-                || io.kind() == std::io::ErrorKind::InvalidData =>
-        {
-            Error::Truncated(format!("corrupt gzip stream: {io}"))
-        }
-        other => other,
-    }
 }
 
 fn read_stream<R: Read>(src: &mut R, opts: &LoadOptions, file_len: Option<u64>) -> Result<Loaded> {

@@ -863,7 +863,7 @@ fn decode<R: BufRead>(
                 )?;
                 Ok(data)
             })()
-            .map_err(gzip_context)?
+            .map_err(super::gzip_context)?
         }
     };
     finish(h, data)
@@ -893,22 +893,6 @@ fn check_end<R: Read>(src: &mut R, why: &str) -> Result<()> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-/// Turns the decoder's I/O errors into errors that say what happened.
-fn gzip_context(e: Error) -> Error {
-    match e {
-        Error::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Error::Truncated(format!("gzip stream ends early ({io})"))
-        }
-        Error::Io(io)
-            if io.kind() == std::io::ErrorKind::InvalidInput
-                || io.kind() == std::io::ErrorKind::InvalidData =>
-        {
-            Error::Truncated(format!("corrupt gzip stream: {io}"))
-        }
-        other => other,
     }
 }
 
