@@ -62,6 +62,19 @@ pub enum Source {
         /// The series' files.
         files: Arc<Vec<(String, Vec<u8>)>>,
     },
+    /// An input the driver could not fetch for a reason of the input's own
+    /// (a missing object, one over the size limit): the processor turns it
+    /// into the scan's error row exactly as it does an unreadable file.
+    #[serde(skip)]
+    Unreadable {
+        /// The name to report (the URL).
+        name: String,
+        /// The class of failure; it decides the row's fault (`NotFound` and
+        /// `InvalidData` are the input's fault).
+        io_kind: std::io::ErrorKind,
+        /// What went wrong, in words.
+        reason: String,
+    },
 }
 
 impl Source {
@@ -70,7 +83,9 @@ impl Source {
         match self {
             Source::Path { path } => path.display().to_string(),
             Source::Url { url } => url.clone(),
-            Source::Bytes { name, .. } | Source::Series { name, .. } => name.clone(),
+            Source::Bytes { name, .. }
+            | Source::Series { name, .. }
+            | Source::Unreadable { name, .. } => name.clone(),
         }
     }
 

@@ -138,33 +138,23 @@ pub struct Manifest {
     pub entries: Vec<ManifestEntry>,
 }
 
-/// The columns a manifest file has, in the order this module writes them.
-pub const COLUMNS: [&str; 4] = ["scan_id", "image", "label", "mask"];
+/// A manifest's rows, one at a time, with every check of
+/// [`Manifest::from_reader`]: for cohorts too large to hold (a `submit` of
+/// 100 000 scans). Only the scan ids seen so far are kept, to refuse
+/// duplicates. Paths are as written in the file.
+pub struct Rows<R: Read> {
+    records: csv::StringRecordsIntoIter<R>,
+    columns: usize,
+    c_id: usize,
+    c_image: usize,
+    c_label: Option<usize>,
+    c_mask: Option<usize>,
+    seen: HashSet<String>,
+}
 
-impl Manifest {
-    /// An empty manifest whose relative paths start at `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Manifest {
-            root: root.into(),
-            entries: Vec::new(),
-        }
-    }
-
-    /// Reads a manifest file; relative paths are resolved against its
-    /// folder. Errors name the file, the line and the problem.
-    pub fn read_path(path: impl AsRef<Path>) -> Result<Manifest> {
-        let path = path.as_ref();
-        let file = std::fs::File::open(path).in_file(path)?;
-        let root = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        Manifest::from_reader(std::io::BufReader::new(file), root).in_file(path)
-    }
-
-    /// Parses manifest CSV from a reader; `root` is the folder relative
-    /// paths start from.
-    pub fn from_reader<R: Read>(reader: R, root: impl Into<PathBuf>) -> Result<Manifest> {
+impl<R: Read> Rows<R> {
+    /// Reads and checks the header.
+    pub fn new(reader: R) -> Result<Rows<R>> {
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)
@@ -193,64 +183,116 @@ impl Manifest {
                 )));
             }
         }
-        let c_id = find("scan_id").ok_or_else(|| missing("scan_id"))?;
-        let c_image = find("image").ok_or_else(|| missing("image"))?;
-        let c_label = find("label");
-        let c_mask = find("mask");
+        Ok(Rows {
+            c_id: find("scan_id").ok_or_else(|| missing("scan_id"))?,
+            c_image: find("image").ok_or_else(|| missing("image"))?,
+            c_label: find("label"),
+            c_mask: find("mask"),
+            columns: headers.len(),
+            records: rdr.into_records(),
+            seen: HashSet::new(),
+        })
+    }
 
-        let mut entries = Vec::new();
-        let mut seen = HashSet::new();
-        for record in rdr.records() {
-            let record = record.map_err(|e| csv_error(e, "row"))?;
-            let line = record.position().map_or(0, |p| p.line());
-            if record.iter().all(str::is_empty) {
-                continue; // blank lines and rows of empty cells carry nothing
-            }
-            // The reader is flexible so that this message, not the csv
-            // crate's, names the line; a row with more fields than the
-            // header (an unquoted comma in a path) is as wrong as one with
-            // fewer: its fields no longer sit under their column names.
-            if record.len() != headers.len() {
-                return Err(Error::Manifest(format!(
-                    "line {line}: {} fields, but the header has {}",
-                    record.len(),
-                    headers.len()
-                )));
-            }
-            let field = |c: usize| record.get(c).unwrap_or("");
-            let scan_id = field(c_id);
-            check_scan_id(scan_id).map_err(|why| Error::Manifest(format!("line {line}: {why}")))?;
-            if !seen.insert(scan_id.to_string()) {
-                return Err(Error::Manifest(format!(
-                    "line {line}: duplicate scan_id {scan_id:?}"
-                )));
-            }
-            let image = field(c_image);
-            if image.is_empty() {
-                return Err(Error::Manifest(format!(
-                    "line {line}: scan {scan_id:?} has an empty image path"
-                )));
-            }
-            let label = match c_label.map(field).filter(|s| !s.is_empty()) {
-                None => None,
-                Some(s) => Some(s.parse::<Label>().map_err(|_| {
-                    Error::Manifest(format!(
-                        "line {line}: unknown label {s:?} for scan {scan_id:?} \
-                         (expected covid, cap, healthy or empty)"
-                    ))
-                })?),
-            };
-            let mask = c_mask
-                .map(field)
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from);
-            entries.push(ManifestEntry {
-                scan_id: scan_id.to_string(),
-                image: PathBuf::from(image),
-                label,
-                mask,
-            });
+    fn entry(&mut self, record: csv::StringRecord) -> Result<Option<ManifestEntry>> {
+        let line = record.position().map_or(0, |p| p.line());
+        if record.iter().all(str::is_empty) {
+            return Ok(None); // blank lines and rows of empty cells carry nothing
         }
+        // The reader is flexible so that this message, not the csv
+        // crate's, names the line; a row with more fields than the
+        // header (an unquoted comma in a path) is as wrong as one with
+        // fewer: its fields no longer sit under their column names.
+        if record.len() != self.columns {
+            return Err(Error::Manifest(format!(
+                "line {line}: {} fields, but the header has {}",
+                record.len(),
+                self.columns
+            )));
+        }
+        let field = |c: usize| record.get(c).unwrap_or("");
+        let scan_id = field(self.c_id);
+        check_scan_id(scan_id).map_err(|why| Error::Manifest(format!("line {line}: {why}")))?;
+        if !self.seen.insert(scan_id.to_string()) {
+            return Err(Error::Manifest(format!(
+                "line {line}: duplicate scan_id {scan_id:?}"
+            )));
+        }
+        let image = field(self.c_image);
+        if image.is_empty() {
+            return Err(Error::Manifest(format!(
+                "line {line}: scan {scan_id:?} has an empty image path"
+            )));
+        }
+        let label = match self.c_label.map(field).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(s.parse::<Label>().map_err(|_| {
+                Error::Manifest(format!(
+                    "line {line}: unknown label {s:?} for scan {scan_id:?} \
+                     (expected covid, cap, healthy or empty)"
+                ))
+            })?),
+        };
+        let mask = self
+            .c_mask
+            .map(field)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        Ok(Some(ManifestEntry {
+            scan_id: scan_id.to_string(),
+            image: PathBuf::from(image),
+            label,
+            mask,
+        }))
+    }
+}
+
+impl<R: Read> Iterator for Rows<R> {
+    type Item = Result<ManifestEntry>;
+
+    fn next(&mut self) -> Option<Result<ManifestEntry>> {
+        loop {
+            let record = match self.records.next()? {
+                Ok(r) => r,
+                Err(e) => return Some(Err(csv_error(e, "row"))),
+            };
+            match self.entry(record) {
+                Ok(None) => continue,
+                Ok(Some(e)) => return Some(Ok(e)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// The columns a manifest file has, in the order this module writes them.
+pub const COLUMNS: [&str; 4] = ["scan_id", "image", "label", "mask"];
+
+impl Manifest {
+    /// An empty manifest whose relative paths start at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Manifest {
+            root: root.into(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Reads a manifest file; relative paths are resolved against its
+    /// folder. Errors name the file, the line and the problem.
+    pub fn read_path(path: impl AsRef<Path>) -> Result<Manifest> {
+        let path = path.as_ref();
+        let file = std::fs::File::open(path).in_file(path)?;
+        let root = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Manifest::from_reader(std::io::BufReader::new(file), root).in_file(path)
+    }
+
+    /// Parses manifest CSV from a reader; `root` is the folder relative
+    /// paths start from.
+    pub fn from_reader<R: Read>(reader: R, root: impl Into<PathBuf>) -> Result<Manifest> {
+        let entries = Rows::new(reader)?.collect::<Result<Vec<_>>>()?;
         if entries.is_empty() {
             return Err(Error::Manifest("the manifest lists no scans".into()));
         }

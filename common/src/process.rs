@@ -261,7 +261,7 @@ pub struct Reader {
 
 /// The largest input file read, from the voxel limit: float64 voxels and a
 /// header. Compressed files are smaller; nothing legitimate is larger.
-fn max_file_bytes(max_voxels: u64) -> u64 {
+pub fn max_file_bytes(max_voxels: u64) -> u64 {
     max_voxels.saturating_mul(8).saturating_add(1 << 20)
 }
 
@@ -368,6 +368,11 @@ impl Reader {
                     sum,
                 ))
             }
+            Source::Unreadable {
+                name,
+                io_kind,
+                reason,
+            } => Err(Error::Io(std::io::Error::new(*io_kind, reason.clone())).in_file(name)),
             Source::Url { url } => Err(Error::Io(std::io::Error::other(format!(
                 "{url}: a URL must be fetched by the driver before processing"
             )))),

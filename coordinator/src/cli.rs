@@ -42,6 +42,17 @@ pub enum Command {
     /// Copy a checkpoint without its training state (Adam moments, schedule):
     /// a resumable last.safetensors becomes a model file to ship or share.
     Export(ExportArgs),
+    /// Copy a local folder (a cohort) into S3, keeping relative paths.
+    Upload(UploadArgs),
+    /// Publish a cohort's jobs to RabbitMQ for `multir-worker`s (a
+    /// distributed run; resubmitting resumes).
+    Submit(Box<SubmitArgs>),
+    /// Where a distributed run stands: done, failed, in flight, queued,
+    /// dead-lettered, ETA.
+    Status(Box<StatusArgs>),
+    /// A distributed run's results as the tables `run` writes (one row per
+    /// scan), on disk or in S3; `--wait` follows the run to its end.
+    Collect(Box<CollectArgs>),
     /// Measure the network's window throughput (benchmarks).
     #[command(hide = true)]
     BenchModel(BenchModelArgs),
@@ -327,4 +338,84 @@ pub struct BenchModelArgs {
     pub train_step: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// The run and where its queues and objects are (shared by `submit`,
+/// `status` and `collect`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// The run's name (letters, digits, `-`, `_`, `.`): it names the queues
+    /// (`<prefix>.<run>.jobs`) and the results (`<results>/runs/<run>/`).
+    #[arg(long, env = "MULTIR_RUN")]
+    pub run: String,
+    /// Where runs keep their results: `s3://bucket/prefix`.
+    #[arg(long, env = "MULTIR_RESULTS")]
+    pub results: String,
+    #[command(flatten)]
+    pub broker: multir_worker::broker::BrokerArgs,
+    #[command(flatten)]
+    pub store: multir_worker::store::StoreArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// The cohort's manifest (CSV): a local file or `s3://bucket/key`.
+    /// Images and masks are `s3://` URLs or paths relative to the
+    /// manifest's S3 folder (or to `--base`).
+    #[arg(long)]
+    pub manifest: String,
+    /// Where relative paths of the manifest start (`s3://bucket/prefix/`);
+    /// default: the manifest's folder when it is in S3.
+    #[arg(long, env = "MULTIR_BASE")]
+    pub base: Option<String>,
+    /// Unconfirmed publishes at most.
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
+    /// Publish attempts per job (a nack or a lost confirm is retried).
+    #[arg(long, default_value_t = 10)]
+    pub attempts: u32,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    /// Where the tables go: a folder, or `s3://bucket/prefix`.
+    #[arg(long)]
+    pub out: String,
+    /// Follow the run until every scan is finished or dead-lettered.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds between looks at the run while waiting.
+    #[arg(long, default_value_t = 5.0)]
+    pub poll: f64,
+    /// Do not write report.html.
+    #[arg(long)]
+    pub no_report: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    /// The local folder.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The destination prefix, `s3://bucket/prefix`.
+    #[arg(long)]
+    pub to: String,
+    /// Create the bucket when it does not exist (local S3 servers).
+    #[arg(long)]
+    pub create_bucket: bool,
+    #[command(flatten)]
+    pub store: multir_worker::store::StoreArgs,
 }

@@ -116,6 +116,29 @@ impl Progress {
         }
     }
 
+    /// Moves to `done` scans finished, `failed` of them with an error row
+    /// or dead-lettered (for `collect --wait`, which learns progress from
+    /// listings rather than one event per scan).
+    pub fn set(&mut self, done: usize, failed: usize) {
+        if done == self.done && failed == self.failed {
+            return;
+        }
+        self.done = done.min(self.total);
+        self.failed = failed;
+        let rate = self.rate();
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!("{failed} failed, {rate:.1} scans/min"));
+                bar.set_position(self.done as u64);
+            }
+            None => tracing::info!(
+                "{}/{} scans finished; {failed} failed, {rate:.1} scans/min",
+                self.done,
+                self.total
+            ),
+        }
+    }
+
     /// Removes the bar.
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {

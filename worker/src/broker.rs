@@ -34,8 +34,12 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// AMQP URL, `amqp://user:password@host:5672/vhost` (or `amqps://`).
-    #[arg(long, env = "MULTIR_AMQP_URL", hide_env_values = true,
-          default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "MULTIR_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Queue and exchange names start with this.
     #[arg(long, env = "MULTIR_QUEUE_PREFIX", default_value = "multir")]
@@ -116,6 +120,12 @@ impl Broker {
     /// deliveries at most.
     pub async fn consume(&self, queue: &str, prefetch: u16, tag: &str) -> Result<lapin::Consumer> {
         todo!("{queue} {prefetch} {tag}")
+    }
+
+    /// Takes one message from `queue` without registering a consumer
+    /// (`basic.get`, manual ack), for draining a queue; `None` when empty.
+    pub async fn get(&self, queue: &str) -> Result<Option<lapin::message::Delivery>> {
+        todo!("{queue}")
     }
 
     /// Message and consumer counts of the run's queues.

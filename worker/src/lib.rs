@@ -16,8 +16,10 @@
 //!   processor, fragment and mask to S3, completion out, then the ack.
 //! - [`health`]: liveness, readiness and Prometheus metrics over HTTP.
 //! - [`threads`]: libtorch's thread pools sized from the pod's CPU quota.
+//! - [`app`]: `multir-worker run`: options and wiring.
 //! - [`error`]: the crate's one error type.
 
+pub mod app;
 pub mod broker;
 pub mod error;
 pub mod health;

@@ -66,6 +66,7 @@ impl Completion {
 /// <results>/runs/<run>/manifest.csv          the manifest as submitted
 /// <results>/runs/<run>/fragments/<id>.json   one ScanRecord per finished scan
 /// <results>/runs/<run>/masks/<id>.nii.gz     its predicted mask
+/// <results>/runs/<run>/errors/<id>           empty: the scan's row is an error
 /// <results>/runs/<run>/dead/<id>.json        a job given up on, and why
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,17 @@ impl RunLayout {
     /// The record of a job given up on.
     pub fn dead(&self, scan_id: &str) -> crate::store::S3Url {
         self.root.join(&format!("dead/{scan_id}.json"))
+    }
+
+    /// The empty marker of a scan whose row is an error (so that `status`
+    /// counts failures from a listing, without reading fragments).
+    pub fn error_marker(&self, scan_id: &str) -> crate::store::S3Url {
+        self.root.join(&format!("errors/{scan_id}"))
+    }
+
+    /// The error markers' prefix.
+    pub fn errors(&self) -> crate::store::S3Url {
+        self.root.join("errors/")
     }
 
     /// The fragments' prefix.

@@ -64,7 +64,12 @@ pub struct StoreArgs {
     #[arg(long = "s3-region", env = "MULTIR_S3_REGION")]
     pub region: Option<String>,
     /// Checksums of requests and responses.
-    #[arg(long = "s3-checksums", env = "MULTIR_S3_CHECKSUMS", value_enum, default_value = "when-supported")]
+    #[arg(
+        long = "s3-checksums",
+        env = "MULTIR_S3_CHECKSUMS",
+        value_enum,
+        default_value = "when-supported"
+    )]
     pub checksums: Checksums,
     /// Attempts per request (the SDK's standard retry with backoff).
     #[arg(long = "s3-attempts", env = "MULTIR_S3_ATTEMPTS", default_value_t = 5)]

@@ -852,6 +852,15 @@ pub fn write<W: Write>(mut w: W, vol: &Volume, opts: &WriteOptions) -> Result<()
     Ok(())
 }
 
+/// A gzip-compressed NIfTI image in memory (a `.nii.gz` file's bytes), for
+/// drivers that store results elsewhere than on a local disk.
+pub fn to_gz_bytes(vol: &Volume, opts: &WriteOptions) -> Result<Vec<u8>> {
+    // Level 1, as write_path: masks compress well at any level.
+    let mut gz = GzEncoder::new(Vec::new(), Compression::new(1));
+    write(&mut gz, vol, opts)?;
+    Ok(gz.finish()?)
+}
+
 /// Writes a NIfTI file, gzip-compressed when the name ends in `.gz`. The
 /// file is written under a temporary name and renamed, so a crash never
 /// leaves a half-written image behind.

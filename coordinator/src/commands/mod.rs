@@ -1,16 +1,21 @@
 //! One module per subcommand; each takes its parsed arguments.
 
 mod bench_model;
+mod collect;
 mod export;
 mod inspect;
 mod metrics;
 mod outputs;
 mod predict;
+mod remote;
 mod report;
 mod resample;
 pub mod run;
+mod status;
+mod submit;
 mod synth;
 mod train;
+mod upload;
 
 use crate::cli::Command;
 
@@ -35,5 +40,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(args) => report::run(args),
         Command::Export(args) => export::run(args),
         Command::BenchModel(args) => bench_model::run(args),
+        Command::Upload(args) => upload::run(args),
+        Command::Submit(args) => submit::run(*args),
+        Command::Status(args) => status::run(*args),
+        Command::Collect(args) => collect::run(*args),
     }
 }
