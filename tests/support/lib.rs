@@ -5,7 +5,8 @@
 //! that run Python at test time find the interpreter with [`python`]:
 //! outside CI a missing interpreter skips the test with a printed reason,
 //! under CI (`CI=true`) it is a failure, so a broken setup cannot pass
-//! silently.
+//! silently. The same rule holds for services: [`S3Server`] runs a real
+//! S3-compatible server on loopback for the distributed edge's tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -225,6 +226,159 @@ pub fn real_ct_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/multir")))
         .expect("HOME is set");
     cache.join("real-ct")
+}
+
+/// Where the `s3-test-server` binary is: `MULTIR_S3_SERVER` (which
+/// `scripts/test` sets after building it), else beside the running test in
+/// the cargo target folder (`target/release/s3-test-server`, next to
+/// `target/release/deps/<test>`).
+pub fn s3_server_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MULTIR_S3_SERVER").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?;
+    }
+    Some(dir.join(format!("s3-test-server{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// A real S3-compatible server for a test: `s3-test-server` (s3s-fs over a
+/// temporary folder) on a free loopback port, checking SigV4 signatures
+/// against [`S3Server::access_key`] and [`S3Server::secret_key`] (a fresh
+/// secret per server). Killed when dropped; it also exits by itself when
+/// the test process dies (its stdin closes).
+#[derive(Debug)]
+pub struct S3Server {
+    binary: PathBuf,
+    root: tempfile::TempDir,
+    port: u16,
+    child: Option<(std::process::Child, std::process::ChildStdin)>,
+    /// The access key clients must sign with.
+    pub access_key: String,
+    /// The secret key clients must sign with.
+    pub secret_key: String,
+}
+
+impl S3Server {
+    /// Starts a server for `test`. Without the binary (see
+    /// [`s3_server_binary`]) the test is skipped ([`skip`]: `None`, or a
+    /// panic under CI); a binary that does not start panics.
+    pub fn start(test: &str) -> Option<S3Server> {
+        let Some(binary) = s3_server_binary() else {
+            return skip(
+                test,
+                "cannot tell where the S3 test server is (set MULTIR_S3_SERVER)",
+            );
+        };
+        if !is_executable(&binary) {
+            return skip(
+                test,
+                &format!(
+                    "no S3 test server at {} (set MULTIR_S3_SERVER, or build it: \
+                     cargo build --release -p multir-tests --bin s3-test-server)",
+                    binary.display()
+                ),
+            );
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut server = S3Server {
+            binary,
+            root: tempfile::tempdir().expect("a temporary folder for the S3 server"),
+            port: 0,
+            child: None,
+            access_key: "multir-test".to_owned(),
+            secret_key: format!("secret-{:x}-{nanos:x}", std::process::id()),
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The folder holding the buckets (one subfolder each).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Whether the server process is running (not [`S3Server::stop`]ped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server; its port then refuses connections until
+    /// [`S3Server::restart`]. The folder and its objects stay.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.child.take() {
+            drop(stdin);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and folder (the first
+    /// start picks the port), and returns once it accepts connections.
+    /// Panics when it does not start within 10 s.
+    pub fn restart(&mut self) {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        self.stop();
+        let mut child = Command::new(&self.binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--access-key",
+                &self.access_key,
+                "--secret-key",
+                &self.secret_key,
+            ])
+            .arg("--exit-on-stdin-eof")
+            .arg(self.root.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // The server prints `listening on 127.0.0.1:PORT` once bound.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_default();
+        let port = line
+            .trim()
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let Some(port) = port.filter(|&p| p != 0) else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "{} did not start on port {} (first line {line:?}, exit {status:?})",
+                self.binary.display(),
+                self.port
+            );
+        };
+        self.port = port;
+        self.child = Some((child, stdin));
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("the S3 test server on port {port} does not answer: {e}"));
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 #[cfg(test)]
