@@ -372,8 +372,8 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 1024)]
     pub window: usize,
     /// Publish attempts per job (a nack or a lost confirm is retried).
-    #[arg(long, default_value_t = 10)]
-    pub attempts: u32,
+    #[arg(long = "attempts", default_value_t = 10)]
+    pub publish_attempts: u32,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }

@@ -32,7 +32,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use multir_common::Fault;
@@ -226,10 +225,12 @@ pub async fn run(
                     ackers.insert(handle.id(), acker);
                 }
                 Some(Err(e)) => {
-                    // lapin recovers the connection and the consumer; the
-                    // stream reports the cut and goes on.
-                    tracing::warn!("consumer: {}", redacted(&e));
+                    // The subscription rides out cuts that lapin recovers;
+                    // an error here means the broker is gone for good: stop
+                    // (the orchestrator restarts the pod) and let the broker
+                    // requeue what this worker holds.
                     ctx.metrics.broker_error();
+                    return Err(e);
                 }
                 None => return Err(Error::Broker(format!(
                     "the broker cancelled the consumer of {} (queue deleted?)",
@@ -306,6 +307,9 @@ fn tally(summary: &mut Summary, outcome: &Outcome, status: Option<Status>) {
 /// `Some` when the job was requeued (`None`: dead-lettered instead).
 async fn handle(ctx: Arc<Ctx>, delivery: Delivery) -> (Outcome, Option<Status>) {
     let t = Instant::now();
+    if let Some(id) = delivery.properties.message_id() {
+        tracing::info!(scan_id = %id, redelivered = delivery.redelivered, "processing");
+    }
     let outcome = attempt(&ctx, &delivery).await;
     let m = &ctx.metrics;
     let requeued = match &outcome {

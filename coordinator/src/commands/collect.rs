@@ -25,7 +25,7 @@ use multir_common::Fault;
 use multir_common::job::Job;
 use multir_common::manifest::{Label, Manifest};
 use multir_common::results::{RESULTS_SCHEMA_VERSION, ResumeKey, ScanRecord, ScanRow};
-use multir_worker::broker::{self, Broker};
+use multir_worker::broker::{self, Broker, Delivery};
 use multir_worker::store::S3Url;
 
 use super::outputs;
@@ -55,54 +55,52 @@ pub fn run(args: CollectArgs) -> anyhow::Result<()> {
 /// records of messages that were not jobs.
 async fn move_dead_letters(remote: &Remote, broker: &Broker) -> anyhow::Result<Vec<DeadRecord>> {
     let mut garbage = Vec::new();
-    while let Some(d) = broker.get(&remote.queues.dead).await? {
-        let reason = broker::dead_reason(&d);
-        let (id, body) = match Job::from_json(&d.data) {
-            Ok(job) => (job.scan_id, None),
-            Err(_) => (
-                String::new(),
-                Some(
-                    String::from_utf8_lossy(&d.data)
-                        .chars()
-                        .take(2000)
-                        .collect(),
+    broker
+        .drain(&remote.queues.dead, async |d: Delivery| {
+            let reason = broker::dead_reason(&d);
+            let (id, body) = match Job::from_json(&d.data) {
+                Ok(job) => (job.scan_id, None),
+                Err(_) => (
+                    String::new(),
+                    Some(String::from_utf8_lossy(&d.data).chars().take(2000).collect()),
                 ),
-            ),
-        };
-        let rec = DeadRecord {
-            scan_id: id.clone(),
-            reason,
-            collected_at: now(),
-            body,
-        };
-        let key = if id.is_empty() {
-            let sum = multir_common::process::sha256_hex(&d.data);
-            garbage.push(rec.clone());
+            };
+            let rec = DeadRecord {
+                scan_id: id.clone(),
+                reason,
+                collected_at: now(),
+                body,
+            };
+            let key = if id.is_empty() {
+                let sum = multir_common::process::sha256_hex(&d.data);
+                garbage.push(rec.clone());
+                remote
+                    .layout
+                    .root
+                    .join(&format!("dead-messages/{}.json", &sum[..16]))
+            } else {
+                remote.layout.dead(&id)
+            };
             remote
-                .layout
-                .root
-                .join(&format!("dead-messages/{}.json", &sum[..16]))
-        } else {
-            remote.layout.dead(&id)
-        };
-        remote
-            .store
-            .put(&key, serde_json::to_vec_pretty(&rec)?, "application/json")
-            .await?;
-        // Acked only once its record is stored: a crash here loses nothing.
-        d.acker.ack(Default::default()).await?;
-    }
+                .store
+                .put(&key, serde_json::to_vec_pretty(&rec)?, "application/json")
+                .await?;
+            // Acked only once its record is stored: a crash here loses nothing.
+            d.acker.ack(Default::default()).await?;
+            anyhow::Ok(())
+        })
+        .await?;
     Ok(garbage)
 }
 
 /// Completions only drive the progress bar; the fragments are the truth.
-async fn drain_completions(remote: &Remote, broker: &Broker) -> anyhow::Result<usize> {
-    let mut n = 0;
-    while let Some(d) = broker.get(&remote.queues.done).await? {
-        d.acker.ack(Default::default()).await?;
-        n += 1;
-    }
-    Ok(n)
+async fn drain_completions(remote: &Remote, broker: &Broker) -> anyhow::Result<u64> {
+    broker
+        .drain(&remote.queues.done, async |d: Delivery| {
+            d.acker.ack(Default::default()).await?;
+            anyhow::Ok(())
+        })
+        .await
 }
 
 struct Snapshot {

@@ -216,7 +216,7 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     });
     let t = std::time::Instant::now();
     let published = publisher
-        .publish_all(messages, args.window, args.attempts)
+        .publish_all(messages, args.window, args.publish_attempts)
         .await?;
     let secs = t.elapsed().as_secs_f64();
     super::emit(format_args!(
