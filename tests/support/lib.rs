@@ -227,6 +227,117 @@ pub fn real_ct_dir() -> PathBuf {
     cache.join("real-ct")
 }
 
+// ===========================================================================
+// RabbitMQ (AMQP) test service. Kept in its own section, before the unit
+// tests, so that other service helpers (S3) merge without conflicts.
+// ===========================================================================
+
+/// The test broker when `MULTIR_TEST_AMQP_URL` is unset: the local
+/// RabbitMQ with its default account.
+pub const DEFAULT_TEST_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The AMQP URL of the test broker (`MULTIR_TEST_AMQP_URL`, else
+/// [`DEFAULT_TEST_AMQP_URL`]) when something accepts TCP connections at its
+/// host and port; otherwise `None` after printing why (panics instead under
+/// CI). Messages name the host and port only, never the URL's password.
+pub fn amqp_url_or_skip(test: &str) -> Option<String> {
+    let url = std::env::var("MULTIR_TEST_AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_AMQP_URL.to_string());
+    let Some((host, port)) = amqp_host_port(&url) else {
+        return skip(
+            test,
+            "MULTIR_TEST_AMQP_URL is not an amqp:// or amqps:// URL with a host",
+        );
+    };
+    match tcp_probe(&host, port) {
+        Ok(()) => Some(url),
+        Err(why) => skip(
+            test,
+            &format!(
+                "no AMQP broker at {host}:{port} ({why}); start RabbitMQ or set \
+                 MULTIR_TEST_AMQP_URL"
+            ),
+        ),
+    }
+}
+
+/// Host and port of an `amqp://` or `amqps://` URL (default ports 5672 and
+/// 5671; IPv6 hosts in brackets).
+pub fn amqp_host_port(url: &str) -> Option<(String, u16)> {
+    let (rest, default_port) = if let Some(r) = url.strip_prefix("amqp://") {
+        (r, 5672)
+    } else if let Some(r) = url.strip_prefix("amqps://") {
+        (r, 5671)
+    } else {
+        return None;
+    };
+    // The user information runs to the last '@' (a password may hold one).
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port,
+    };
+    Some((host.to_string(), port))
+}
+
+/// Whether a TCP connection to `host:port` opens within 2 seconds.
+fn tcp_probe(host: &str, port: u16) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve: {e}"))?
+        .collect();
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod amqp_tests {
+    use super::amqp_host_port;
+    #[test]
+    fn amqp_host_port_reads_urls() {
+        let hp = |u: &str| amqp_host_port(u);
+        assert_eq!(
+            hp("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            Some(("127.0.0.1".into(), 5672))
+        );
+        assert_eq!(
+            hp("amqps://u:p@ss@rabbit.example/%2f"),
+            Some(("rabbit.example".into(), 5671))
+        );
+        assert_eq!(hp("amqp://h"), Some(("h".into(), 5672)));
+        assert_eq!(hp("amqp://[::1]:5673/v"), Some(("::1".into(), 5673)));
+        assert_eq!(hp("http://h:80"), None);
+        assert_eq!(hp("amqp://u:p@:5672"), None);
+        assert_eq!(hp("amqp://h:notaport"), None);
+    }
+}
+
+// ===========================================================================
+// End of the RabbitMQ section.
+// ===========================================================================
+
 #[cfg(test)]
 mod tests {
     use super::*;
