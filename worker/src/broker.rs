@@ -263,7 +263,7 @@ impl Broker {
 
         let ch = self.channel("declaring the dead-letter exchange").await?;
         ch.exchange_declare(
-            queues.dlx.as_str().into(),
+            short(&queues.dlx, "name")?,
             ExchangeKind::Direct,
             ExchangeDeclareOptions {
                 durable: true,
@@ -286,13 +286,13 @@ impl Broker {
         };
 
         let ch = self.channel("declaring the dead queue").await?;
-        ch.queue_declare(queues.dead.as_str().into(), durable, quorum())
+        ch.queue_declare(short(&queues.dead, "name")?, durable, quorum())
             .await
             .map_err(|e| declare_error("queue", &queues.dead, e))?;
         ch.queue_bind(
-            queues.dead.as_str().into(),
-            queues.dlx.as_str().into(),
-            queues.dead.as_str().into(),
+            short(&queues.dead, "name")?,
+            short(&queues.dlx, "name")?,
+            short(&queues.dead, "name")?,
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -306,7 +306,7 @@ impl Broker {
         close(ch).await;
 
         let ch = self.channel("declaring the done queue").await?;
-        ch.queue_declare(queues.done.as_str().into(), durable, quorum())
+        ch.queue_declare(short(&queues.done, "name")?, durable, quorum())
             .await
             .map_err(|e| declare_error("queue", &queues.done, e))?;
         close(ch).await;
@@ -327,7 +327,7 @@ impl Broker {
         );
         args.insert("x-overflow".into(), long_string("reject-publish"));
         let ch = self.channel("declaring the jobs queue").await?;
-        ch.queue_declare(queues.jobs.as_str().into(), durable, args)
+        ch.queue_declare(short(&queues.jobs, "name")?, durable, args)
             .await
             .map_err(|e| declare_error("queue", &queues.jobs, e))?;
         close(ch).await;
@@ -441,7 +441,7 @@ impl Broker {
             (&queues.done, false),
         ] {
             let q = ch
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .queue_declare(short(name, "name")?, passive, FieldTable::default())
                 .await
                 .map_err(|e| match amqp_soft_error(&e) {
                     Some(AMQPSoftError::NOTFOUND) => Error::Broker(format!(
@@ -474,7 +474,7 @@ impl Broker {
     pub async fn delete_run(&self, queues: &RunQueues) -> Result<()> {
         let ch = self.channel("deleting the run's queues").await?;
         for name in [&queues.jobs, &queues.dead, &queues.done] {
-            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            ch.queue_delete(short(name, "name")?, QueueDeleteOptions::default())
                 .await
                 .map_err(|e| Error::Broker(format!("cannot delete queue {name}: {e}")))?;
         }
@@ -523,11 +523,13 @@ fn declare_error(what: &str, name: &str, e: lapin::Error) -> Error {
     }
 }
 
+/// An AMQP long string value (header and argument values).
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-/// An AMQP short string (at most 255 bytes; lapin's `From` panics beyond).
+/// An AMQP short string (at most 255 bytes; lapin's `From` panics beyond,
+/// and `RunQueues`' fields are public, so names are checked here too).
 fn short(s: &str, what: &str) -> Result<ShortString> {
     ShortString::try_new(s).map_err(|_| {
         Error::Invalid(format!(
