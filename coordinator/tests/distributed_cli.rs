@@ -16,8 +16,13 @@ use polars::prelude::*;
 
 const BUCKET: &str = "multir-test";
 
+/// One test at a time: each starts workers that use both cores, and the
+/// broker-side cuts must not hit another test's connections.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The services and a scratch folder for one test.
 struct Env {
+    _serial: std::sync::MutexGuard<'static, ()>,
     s3: S3Server,
     amqp: String,
     run: String,
@@ -46,6 +51,8 @@ static RUNS: AtomicUsize = AtomicUsize::new(0);
 
 impl Env {
     fn new(test: &str) -> Option<Env> {
+        // A test that failed holding the lock poisons it; the next still runs.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let amqp = multir_tests::amqp_url_or_skip(test)?;
         let s3 = S3Server::start(test)?;
         let run = format!(
@@ -55,6 +62,7 @@ impl Env {
             test.replace('_', "-").chars().take(40).collect::<String>()
         );
         Some(Env {
+            _serial: serial,
             s3,
             amqp,
             run,
@@ -125,11 +133,12 @@ impl Env {
     /// A worker process; its log goes to a file beside the test's data.
     fn worker(&self, name: &str, extra: &[&str]) -> Child {
         let log = std::fs::File::create(self.path(&format!("{name}.log"))).unwrap();
+        let unique = format!("{}-{name}", self.run);
         let mut cmd = Command::new(worker_bin());
         cmd.args([
             "run",
             "--name",
-            name,
+            &unique,
             "--http",
             "127.0.0.1:0",
             "--max-retry-delay",
@@ -463,16 +472,36 @@ fn workers_recover_when_the_broker_closes_every_connection() {
     let mut a = env.worker("w1", &["--exit-when-idle", "3"]);
     let mut b = env.worker("w2", &["--exit-when-idle", "3"]);
     env.wait_for("a first result", || env.fragments() >= 1);
-    let Some(_) = rabbitmqctl(test, &["close_all_connections", "multir test: cut"]) else {
+    // Every connection of this test's workers, closed by the broker.
+    let Some(list) = rabbitmqctl(
+        test,
+        &["-q", "list_connections", "pid", "client_properties"],
+    ) else {
         let _ = (a.kill(), b.kill());
         return;
     };
+    let pids: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains(&env.run))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(pids.len(), 2, "two worker connections:\n{list}");
+    for pid in pids {
+        rabbitmqctl(test, &["close_connection", pid, "multir test: cut"]);
+    }
     let out = env.collect("collected");
     for (w, name) in [(&mut a, "w1"), (&mut b, "w2")] {
         assert!(wait_exit(w, name).success(), "{}", env.worker_log(name));
     }
     let logs = env.worker_log("w1") + &env.worker_log("w2");
-    assert!(logs.contains("consumer"), "the cut was seen:\n{logs}");
+    assert!(
+        logs.contains("CONNECTION_FORCED"),
+        "the cut was seen:\n{logs}"
+    );
+    assert!(
+        logs.contains("redelivered=true"),
+        "a job came again:\n{logs}"
+    );
     let scans = read_parquet(&out.join("scans.parquet"));
     assert_once(&scans, &cohort);
     assert_eq!(ok_rows(&scans), 4, "{scans}");
@@ -718,7 +747,11 @@ fn a_submit_killed_midway_and_run_again_gives_no_duplicate_rows() {
         ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(1), "every row is an error row");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("300 of 300 scans failed"),
+        "every row is an error row: {text}"
+    );
     for (w, name) in [(&mut a, "w1"), (&mut b, "w2")] {
         assert!(wait_exit(w, name).success(), "{}", env.worker_log(name));
     }

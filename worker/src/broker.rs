@@ -407,7 +407,10 @@ impl Broker {
         let mut n = 0;
         let result = loop {
             let got = channel
-                .basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: false })
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: false },
+                )
                 .await
                 .map_err(|e| Error::Broker(format!("getting a message from {queue}: {e}")));
             match got {

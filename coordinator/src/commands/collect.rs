@@ -62,7 +62,12 @@ async fn move_dead_letters(remote: &Remote, broker: &Broker) -> anyhow::Result<V
                 Ok(job) => (job.scan_id, None),
                 Err(_) => (
                     String::new(),
-                    Some(String::from_utf8_lossy(&d.data).chars().take(2000).collect()),
+                    Some(
+                        String::from_utf8_lossy(&d.data)
+                            .chars()
+                            .take(2000)
+                            .collect(),
+                    ),
                 ),
             };
             let rec = DeadRecord {
@@ -188,7 +193,7 @@ async fn collect(args: CollectArgs) -> anyhow::Result<()> {
     let mut fragments: HashMap<String, ScanRecord> = HashMap::new();
     let mut stream = futures_util::stream::iter(wanted.iter().map(|id| async move {
         let url = layout.fragment(id);
-        let bytes = store.get(&url, 64 << 20).await?;
+        let bytes = get_again(store, &url).await?;
         let rec = ScanRecord::from_json(&bytes).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         anyhow::Ok(rec)
     }))
@@ -305,7 +310,34 @@ async fn collect(args: CollectArgs) -> anyhow::Result<()> {
         "{pending} of {} scans are not finished: their rows say so; run collect --wait to wait for them",
         manifest.len()
     );
+    // As `multir run`: the tables are written, but a cohort with failed
+    // scans does not end with status 0.
+    anyhow::ensure!(
+        s.errors == 0,
+        "{} of {} scans failed (status \"error\" in the scans table)",
+        s.errors,
+        s.scans
+    );
     Ok(())
+}
+
+/// A GET tried again after a transient failure. A body cut short or
+/// failing its checksum is not retried by the SDK; a worker rewriting the
+/// same fragment (a redelivered job) while it is read can cause one on
+/// stores whose overwrites are not atomic for readers.
+async fn get_again(store: &multir_worker::store::Store, url: &S3Url) -> anyhow::Result<Vec<u8>> {
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..5 {
+        match store.get(url, 64 << 20).await {
+            Err(e) if e.is_transient() => {
+                tracing::debug!("{e}; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return Ok(other?),
+        }
+    }
+    Ok(store.get(url, 64 << 20).await?)
 }
 
 /// Uploads the files of a folder (not recursive: the tables).
