@@ -477,7 +477,7 @@ fn workers_recover_when_the_broker_closes_every_connection() {
         test,
         &["-q", "list_connections", "pid", "client_properties"],
     ) else {
-        let _ = (a.kill(), b.kill());
+        let _ = (a.kill(), b.kill(), a.wait(), b.wait());
         return;
     };
     let pids: Vec<&str> = list
@@ -719,7 +719,7 @@ fn a_submit_killed_midway_and_run_again_gives_no_duplicate_rows() {
     let mut submit = cmd.spawn().unwrap();
     let queue = format!("multir.{}.jobs", env.run);
     let Some(_) = rabbitmqctl(test, &["-q", "list_queues", "name"]) else {
-        let _ = submit.kill();
+        let _ = (submit.kill(), submit.wait());
         return;
     };
     env.wait_for("submit to start publishing", || {
