@@ -312,6 +312,50 @@ mod tests {
     }
 
     #[test]
+    fn the_endpoint_answers_over_http_and_stops_with_its_signal() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let h = Arc::new(Health::new(Arc::new(Metrics::new(false)), || true));
+            h.metrics.job("ok");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let (bound, server) = serve(addr, h.clone(), async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+            let server = tokio::spawn(server);
+            let get = |path: &'static str| async move {
+                let mut s = tokio::net::TcpStream::connect(bound).await.unwrap();
+                let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            };
+            let ready = get("/readyz").await;
+            assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+            h.set_model_loaded();
+            assert!(get("/readyz").await.starts_with("HTTP/1.1 200"));
+            let metrics = get("/metrics").await;
+            assert!(
+                metrics.contains("multir_jobs_total{outcome=\"ok\"} 1"),
+                "{metrics}"
+            );
+            let _ = stop.send(());
+            server.await.unwrap();
+            assert!(
+                tokio::net::TcpStream::connect(bound).await.is_err(),
+                "the listener is closed"
+            );
+        });
+    }
+
+    #[test]
     fn readiness_needs_the_model_and_the_broker() {
         let up = Arc::new(AtomicBool::new(true));
         let u = up.clone();
