@@ -37,6 +37,7 @@ fn multir() -> PathBuf {
 /// target folder (`cargo test --workspace` builds both).
 fn worker_bin() -> PathBuf {
     let p = std::env::var_os("MULTIR_WORKER_BIN")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| multir().with_file_name("multir-worker"));
     assert!(
@@ -403,6 +404,29 @@ fn a_distributed_run_equals_the_embedded_run_row_for_row() {
     assert_eq!(s["queued"], 0, "{s}");
     assert_eq!(s["in_flight"], 0, "{s}");
     assert_eq!(s["dead_lettered"], 0, "{s}");
+
+    // The same tables straight into S3.
+    env.ok(&[
+        "collect",
+        "--out",
+        &format!("s3://{BUCKET}/tables/{}", env.run),
+    ]);
+    for table in ["scans.parquet", "lesions.parquet", "cohort.json"] {
+        let path = env
+            .s3
+            .root()
+            .join(BUCKET)
+            .join(format!("tables/{}/{table}", env.run));
+        let (a, b) = (
+            std::fs::read(&path).unwrap(),
+            std::fs::read(collected.join(table)),
+        );
+        assert_eq!(
+            a.len(),
+            b.unwrap().len(),
+            "{table} in S3 is the collected one"
+        );
+    }
 
     // Resubmitting a finished run publishes nothing.
     let text = env.submit("cohort");
