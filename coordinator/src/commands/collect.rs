@@ -108,34 +108,6 @@ async fn drain_completions(remote: &Remote, broker: &Broker) -> anyhow::Result<u
         .await
 }
 
-struct Snapshot {
-    done: HashSet<String>,
-    dead: HashSet<String>,
-    failed: usize,
-}
-
-async fn snapshot(remote: &Remote, ids: &HashSet<&str>) -> anyhow::Result<Snapshot> {
-    let done: HashSet<String> = remote
-        .ids_under(&remote.layout.fragments(), ".json")
-        .await?
-        .into_iter()
-        .filter(|i| ids.contains(i.as_str()))
-        .collect();
-    let dead: HashSet<String> = remote
-        .ids_under(&remote.layout.dead_prefix(), ".json")
-        .await?
-        .into_iter()
-        .filter(|i| ids.contains(i.as_str()) && !done.contains(i))
-        .collect();
-    let failed = remote
-        .ids_under(&remote.layout.errors(), "")
-        .await?
-        .iter()
-        .filter(|i| done.contains(*i))
-        .count();
-    Ok(Snapshot { done, dead, failed })
-}
-
 async fn collect(args: CollectArgs) -> anyhow::Result<()> {
     let remote = Remote::open(&args.remote).await?;
     let record = remote.submitted().await?;
@@ -159,7 +131,7 @@ async fn collect(args: CollectArgs) -> anyhow::Result<()> {
     let snap = loop {
         garbage.extend(move_dead_letters(&remote, &broker).await?);
         drain_completions(&remote, &broker).await?;
-        let snap = snapshot(&remote, &ids).await?;
+        let snap = remote.snapshot(Some(&ids)).await?;
         let finished = snap.done.len() + snap.dead.len();
         if let Some(p) = &mut progress {
             p.set(finished, snap.failed + snap.dead.len());

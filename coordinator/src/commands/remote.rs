@@ -1,6 +1,8 @@
 //! What `submit`, `status` and `collect` share: the run's place in S3 and
 //! on the broker, and `run.json`, the record `submit` leaves of a run.
 
+use std::collections::HashSet;
+
 use multir_worker::broker::{Broker, RunQueues};
 use multir_worker::message::RunLayout;
 use multir_worker::store::{S3Url, Store};
@@ -97,6 +99,31 @@ impl Remote {
         })
     }
 
+    /// The run's finished, failed and dead-lettered scans; with `ids`, only
+    /// those scans (the manifest's) are counted.
+    pub async fn snapshot(&self, ids: Option<&HashSet<&str>>) -> anyhow::Result<Snapshot> {
+        let wanted = |i: &str| ids.is_none_or(|ids| ids.contains(i));
+        let done: HashSet<String> = self
+            .ids_under(&self.layout.fragments(), ".json")
+            .await?
+            .into_iter()
+            .filter(|i| wanted(i))
+            .collect();
+        let dead: HashSet<String> = self
+            .ids_under(&self.layout.dead_prefix(), ".json")
+            .await?
+            .into_iter()
+            .filter(|i| wanted(i) && !done.contains(i))
+            .collect();
+        let failed = self
+            .ids_under(&self.layout.errors(), "")
+            .await?
+            .iter()
+            .filter(|i| done.contains(*i))
+            .count();
+        Ok(Snapshot { done, dead, failed })
+    }
+
     /// Scan ids with an object under `prefix`, the key's `suffix` removed.
     pub async fn ids_under(&self, prefix: &S3Url, suffix: &str) -> anyhow::Result<Vec<String>> {
         Ok(self
@@ -108,6 +135,17 @@ impl Remote {
             .filter(|k| !k.contains('/'))
             .collect())
     }
+}
+
+/// What a run's objects say about its scans (three listings, no object
+/// read): `status` and `collect` count from it.
+pub struct Snapshot {
+    /// Scans with a result fragment.
+    pub done: HashSet<String>,
+    /// Scans with a dead-letter record and no fragment.
+    pub dead: HashSet<String>,
+    /// Scans of `done` whose row is an error (an error marker).
+    pub failed: usize,
 }
 
 /// Seconds since the Unix epoch.

@@ -64,27 +64,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 /// The run's counts now.
 pub async fn status(remote: &Remote) -> anyhow::Result<RunStatus> {
     let record = remote.submitted().await?;
-    let done: std::collections::HashSet<String> = remote
-        .ids_under(&remote.layout.fragments(), ".json")
-        .await?
-        .into_iter()
-        .collect();
-    let failed = remote
-        .ids_under(&remote.layout.errors(), "")
-        .await?
-        .iter()
-        .filter(|id| done.contains(*id))
-        .count() as u64;
-    let dead_records = remote
-        .ids_under(&remote.layout.dead_prefix(), ".json")
-        .await?
-        .iter()
-        .filter(|id| !done.contains(*id))
-        .count() as u64;
+    let snap = remote.snapshot(None).await?;
     let broker = remote.broker("status").await?;
     let counts = broker.counts(&remote.queues).await?;
-    let done_n = done.len() as u64;
-    let dead = dead_records + u64::from(counts.dead);
+    let done_n = snap.done.len() as u64;
+    let dead = snap.dead.len() as u64 + u64::from(counts.dead);
     let queued = u64::from(counts.jobs_ready);
     let in_flight = record.scans.saturating_sub(done_n + dead + queued);
     let minutes = (now().saturating_sub(record.submitted_at) as f64 / 60.0).max(1.0 / 60.0);
@@ -94,7 +78,7 @@ pub async fn status(remote: &Remote) -> anyhow::Result<RunStatus> {
         run: record.run,
         scans: record.scans,
         done: done_n,
-        failed,
+        failed: snap.failed as u64,
         queued,
         in_flight,
         dead_lettered: dead,
