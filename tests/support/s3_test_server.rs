@@ -27,10 +27,10 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// Access key clients must sign with.
-    #[arg(long)]
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
     access_key: String,
     /// Secret key clients must sign with.
-    #[arg(long)]
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     secret_key: String,
     /// Exit when stdin reaches end of file (the parent closed it or died).
     #[arg(long)]

@@ -72,6 +72,42 @@ pub struct WorkerArgs {
     pub load: LoadArgs,
 }
 
+/// `multir-worker probe`: the container image's health check.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The worker's endpoint address, as given to `run --http`.
+    #[arg(long, env = "MULTIR_HTTP", default_value = "0.0.0.0:9090")]
+    pub http: String,
+    /// The path to ask for (`/readyz` also needs the model and the broker).
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
+    /// Seconds to wait for the connection and for the answer.
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
+}
+
+/// Succeeds when the worker's endpoint answers `200` on `args.path`.
+pub fn probe(args: &ProbeArgs) -> Result<()> {
+    let Some(addr) = http_addr(&args.http)? else {
+        return Err(Error::Invalid(
+            "--http is off: this worker has no endpoint to probe".into(),
+        ));
+    };
+    crate::health::probe(addr, &args.path, seconds("--timeout", args.timeout)?)
+}
+
+/// `--http`: an address, or `off` (or empty) for no endpoint.
+fn http_addr(http: &str) -> Result<Option<SocketAddr>> {
+    match http {
+        "off" | "" => Ok(None),
+        a => Ok(Some(a.parse().map_err(|e| {
+            Error::Invalid(format!(
+                "--http {a}: not an address like 0.0.0.0:9090 ({e})"
+            ))
+        })?)),
+    }
+}
+
 fn seconds(what: &str, s: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(s).map_err(|_| {
         Error::Invalid(format!(
@@ -107,14 +143,7 @@ pub async fn serve(
         .exit_when_idle
         .map(|s| seconds("--exit-when-idle", s))
         .transpose()?;
-    let http: Option<SocketAddr> = match args.http.as_str() {
-        "off" | "" => None,
-        a => Some(a.parse().map_err(|e| {
-            Error::Invalid(format!(
-                "--http {a}: not an address like 0.0.0.0:9090 ({e})"
-            ))
-        })?),
-    };
+    let http = http_addr(&args.http)?;
     let cfg = ProcessConfig {
         max_voxels: args.load.max_voxels,
         series_uid: args.load.series_uid.clone(),

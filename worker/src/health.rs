@@ -281,6 +281,46 @@ pub async fn serve(
     Ok((bound, server))
 }
 
+/// Asks a running worker's endpoint for `path` and succeeds on `200`: the
+/// container image's `HEALTHCHECK` (`multir-worker probe`), which has no
+/// curl. An unspecified listen address (`0.0.0.0`, `[::]`) is probed on
+/// loopback. Blocking, with `timeout` for connecting and for the answer.
+pub fn probe(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> Result<()> {
+    use std::io::{Read, Write};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}{path}");
+    let failed = |e: std::io::Error| crate::Error::Invalid(format!("{url}: {e}"));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(failed)?;
+    stream.set_read_timeout(Some(timeout)).map_err(failed)?;
+    stream.set_write_timeout(Some(timeout)).map_err(failed)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(failed)?;
+    // The status line is all that matters; the body is at most a few kB.
+    let mut answer = Vec::new();
+    stream
+        .take(64 << 10)
+        .read_to_end(&mut answer)
+        .map_err(failed)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.lines().next().unwrap_or("");
+    match status.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => {
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+            Err(crate::Error::Invalid(format!("{url}: {status:?} {body}")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,8 +386,23 @@ mod tests {
                 metrics.contains("multir_jobs_total{outcome=\"ok\"} 1"),
                 "{metrics}"
             );
+            // The image's HEALTHCHECK: blocking, so off the runtime thread.
+            let timeout = std::time::Duration::from_secs(5);
+            let probe_ready = |path: &'static str| {
+                let mut any = bound;
+                any.set_ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+                tokio::task::spawn_blocking(move || probe(any, path, timeout))
+            };
+            probe_ready("/healthz").await.unwrap().unwrap();
+            let missing = probe_ready("/nope").await.unwrap().unwrap_err();
+            assert!(missing.to_string().contains("404"), "{missing}");
             let _ = stop.send(());
             server.await.unwrap();
+            let gone = tokio::task::spawn_blocking(move || probe(bound, "/healthz", timeout))
+                .await
+                .unwrap();
+            let gone = gone.unwrap_err().to_string();
+            assert!(gone.contains(&format!("http://{bound}/healthz")), "{gone}");
             assert!(
                 tokio::net::TcpStream::connect(bound).await.is_err(),
                 "the listener is closed"

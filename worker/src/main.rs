@@ -4,7 +4,9 @@
 //!   from S3, write results to S3 (see the `multir_worker` library);
 //! - `multir-worker check`: report which device the pod would compute on,
 //!   failing when `--device cuda` was demanded but cannot be had, so a
-//!   misconfigured GPU node fails its start-up probe.
+//!   misconfigured GPU node fails its start-up probe;
+//! - `multir-worker probe`: ask a running worker's `/healthz` (the container
+//!   image's HEALTHCHECK, which has no curl).
 //!
 //! Exit status: 0 after a clean stop (SIGTERM, an idle queue), 1 on an
 //! error, 2 on a usage error.
@@ -33,6 +35,9 @@ enum Command {
     Run(Box<WorkerArgs>),
     /// Print the compute device this pod would use, as JSON.
     Check(DeviceArgs),
+    /// Exit 0 when a running worker's health endpoint answers 200 (the
+    /// image's HEALTHCHECK).
+    Probe(app::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!(?summary, "stopped");
             Ok(())
         }
+        Command::Probe(args) => Ok(app::probe(&args)?),
         Command::Check(args) => {
             let (_, info) = device::select(args.device)?;
             tracing::info!(device = %info.device, "device selected");

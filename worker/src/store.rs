@@ -206,7 +206,16 @@ impl Store {
             )));
         }
         let timeout = Duration::from_secs_f64(args.timeout_s);
-        let region = RegionProviderChain::first_try(args.region.clone().map(Region::new))
+        // An empty setting means "not set": a ConfigMap or compose file
+        // leaves MULTIR_S3_ENDPOINT= empty for AWS S3.
+        let given = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let endpoint = given(&args.endpoint);
+        let region = RegionProviderChain::first_try(given(&args.region).map(Region::new))
             .or_default_provider()
             .or_else(Region::new(FALLBACK_REGION));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -218,7 +227,7 @@ impl Store {
                     .operation_attempt_timeout(timeout)
                     .build(),
             );
-        if let Some(endpoint) = &args.endpoint {
+        if let Some(endpoint) = &endpoint {
             loader = loader.endpoint_url(endpoint);
         }
         if let Some(credentials) = credentials {
@@ -234,7 +243,7 @@ impl Store {
         }
         Ok(Store {
             client: aws_sdk_s3::Client::from_conf(config.build()),
-            endpoint: args.endpoint.clone().unwrap_or_else(|| "AWS S3".to_owned()),
+            endpoint: endpoint.unwrap_or_else(|| "AWS S3".to_owned()),
             timeout_s: args.timeout_s,
         })
     }
@@ -601,6 +610,33 @@ mod tests {
 
     fn url(text: &str) -> S3Url {
         S3Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn an_empty_endpoint_or_region_setting_means_unset() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let creds = Credentials::new("AK", "SK", None, None, "test");
+        let mut args = StoreArgs::for_endpoint("  ");
+        args.region = Some("eu-west-1".into());
+        let store = rt
+            .block_on(Store::connect_with(&args, Some(creds.clone())))
+            .unwrap();
+        // AWS S3 itself, not a custom endpoint "" that no request can use.
+        assert_eq!(store.endpoint, "AWS S3");
+        assert_eq!(
+            store.client.config().region().map(Region::as_ref),
+            Some("eu-west-1")
+        );
+        let store = rt
+            .block_on(Store::connect_with(
+                &StoreArgs::for_endpoint("http://127.0.0.1:9"),
+                Some(creds),
+            ))
+            .unwrap();
+        assert_eq!(store.endpoint, "http://127.0.0.1:9");
     }
 
     #[test]
