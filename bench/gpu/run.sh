@@ -6,7 +6,7 @@
 # against the same network in PyTorch eager (bench/model/reference.py) on the
 # same card, one after the other.
 #
-#   BIN=path/to/multir OUT=results bench/gpu/run.sh [train|eval|bench|sweep|all]...
+#   BIN=path/to/multir OUT=results bench/gpu/run.sh [train|eval|bench|sweep|throughput|all]...
 #
 # Knobs: TRAIN_SCANS (120), TEST_SCANS (60), TRAIN_STEPS (20000),
 # TRAIN_MINUTES (3.5), TRAIN_BATCH (12), RESUME (a last.safetensors to continue from),
@@ -156,6 +156,67 @@ PYEOF
   tar -C "$work/sweep" -czf "$OUT/sweep_files.tar.gz" --exclude='*.safetensors' --exclude='*.nii.gz' .
 }
 
+# Scans per hour on one GPU at real scan size (512 x 512 x 300 int16
+# .nii.gz), `multir run` against the serial Python pipeline
+# (bench/gpu/pipeline_reference.py: nibabel, GPU resampling, the same network
+# in PyTorch eager with bf16, nibabel save), one after the other on the same
+# card and the same files, with the GPU's utilisation sampled by nvidia-smi
+# every 200 ms. SCANS (40), READ_AHEAD (scans decoded ahead of the network,
+# 4), WINDOW_BATCH (16). The goal: at least 5 000 scans per hour.
+gpu_sampler() { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$1" & echo $!; }
+mean_util() { awk '{s+=$1; n++} END {if (n) printf "%.1f", s/n; else print "null"}' "$1"; }
+do_throughput() {
+  local n=${SCANS:-40} big=$work/big
+  stage "phantoms: $n real-size scans"
+  mkdir -p "$big"
+  if "$PY" -c 'import nibabel, numpy' 2>/dev/null; then
+    seq 0 $((n - 1)) | xargs -P "$(nproc)" -I{} sh -c \
+      "[ -f '$big/ct{}.nii.gz' ] || '$PY' '$repo/bench/make_big_ct.py' '$big/ct{}.nii.gz' --seed {} > /dev/null"
+    { echo scan_id,image; for i in $(seq 0 $((n - 1))); do echo "ct$i,ct$i.nii.gz"; done; } > "$big/manifest.csv"
+  else
+    # No nibabel here: the phantom generator at about real size instead.
+    [[ -f $big/manifest.csv ]] || "$BIN" -q synth --out "$big" --scans "$n" --seed 42 --scale 2.6
+  fi
+  du -sh "$big"
+  stage "multir run --device cuda (read-ahead ${READ_AHEAD:-4})"
+  local sampler t0 t1
+  sampler=$(gpu_sampler "$work/util_multir.txt")
+  t0=$(date +%s.%N)
+  "$BIN" -q run --manifest "$big/manifest.csv" --out "$work/tp-run" --force --no-report --device cuda \
+    --read-ahead "${READ_AHEAD:-4}" --window-batch "${WINDOW_BATCH:-16}" > "$work/tp-run.log" 2>&1
+  local rc=$?
+  t1=$(date +%s.%N)
+  kill "$sampler" 2>/dev/null
+  "$PY" - "$n" "$t0" "$t1" "$rc" "$(mean_util "$work/util_multir.txt")" "$work/tp-run/cohort.json" <<'PYEOF' | tee -a "$OUT/throughput.jsonl"
+import json, sys
+n, t0, t1, rc, util, cohort = sys.argv[1:]
+wall = float(t1) - float(t0)
+out = {"impl": "multir run", "scans": int(n), "exit": int(rc), "wall_s": round(wall, 2),
+       "s_per_scan": round(wall / int(n), 3), "scans_per_hour": round(3600 * int(n) / wall, 1),
+       "gpu_utilization_mean_pct": None if util == "null" else float(util)}
+try:
+    out["seconds"] = json.load(open(cohort)).get("seconds")
+except Exception as err:
+    out["cohort_json"] = str(err)
+print(json.dumps(out))
+PYEOF
+  tail -n 3 "$work/tp-run.log"
+  if "$PY" -c 'import nibabel, torch' 2>/dev/null; then
+    stage "Python serial pipeline (bf16), same scans"
+    sampler=$(gpu_sampler "$work/util_python.txt")
+    "$PY" "$repo/bench/gpu/pipeline_reference.py" "$big"/*.nii.gz --out "$work/tp-python" --bf16 > "$work/tp-python.json"
+    kill "$sampler" 2>/dev/null
+    "$PY" - "$work/tp-python.json" "$(mean_util "$work/util_python.txt")" <<'PYEOF' | tee -a "$OUT/throughput.jsonl"
+import json, sys
+out = json.load(open(sys.argv[1]))
+out["gpu_utilization_mean_pct"] = None if sys.argv[2] == "null" else float(sys.argv[2])
+print(json.dumps(out))
+PYEOF
+  else
+    echo "no nibabel/torch in $PY: the Python reference pipeline is skipped"
+  fi
+}
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for what in "${@:-all}"; do
   case $what in
@@ -163,6 +224,7 @@ for what in "${@:-all}"; do
     eval) do_eval ;;
     bench) do_bench ;;
     sweep) do_sweep ;;
+    throughput) do_throughput ;;
     all) do_train; do_eval; do_bench ;;
     *) echo "unknown stage $what" >&2; exit 2 ;;
   esac
