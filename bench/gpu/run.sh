@@ -162,7 +162,8 @@ PYEOF
 # in PyTorch eager with bf16, nibabel save), one after the other on the same
 # card and the same files, with the GPU's utilisation sampled by nvidia-smi
 # every 200 ms. SCANS (40), READ_AHEAD (scans decoded ahead of the network,
-# 4), WINDOW_BATCH (16). The goal: at least 5 000 scans per hour.
+# 4), READERS and FINISHERS (threads per stage; default one per four CPUs),
+# WINDOW_BATCH (16). The goal: at least 5 000 scans per hour.
 gpu_sampler() { nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$1" & echo $!; }
 mean_util() { awk '{s+=$1; n++} END {if (n) printf "%.1f", s/n; else print "null"}' "$1"; }
 do_throughput() {
@@ -183,7 +184,8 @@ do_throughput() {
   sampler=$(gpu_sampler "$work/util_multir.txt")
   t0=$(date +%s.%N)
   "$BIN" -q run --manifest "$big/manifest.csv" --out "$work/tp-run" --force --no-report --device cuda \
-    --read-ahead "${READ_AHEAD:-4}" --window-batch "${WINDOW_BATCH:-16}" > "$work/tp-run.log" 2>&1
+    --read-ahead "${READ_AHEAD:-4}" --window-batch "${WINDOW_BATCH:-16}" \
+    ${READERS:+--readers "$READERS"} ${FINISHERS:+--finishers "$FINISHERS"} > "$work/tp-run.log" 2>&1
   local rc=$?
   t1=$(date +%s.%N)
   kill "$sampler" 2>/dev/null

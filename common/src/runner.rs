@@ -1,34 +1,48 @@
 //! The embedded cohort driver: every job through the per-scan processor on
 //! this machine, with reading, inference and quantification overlapped.
 //!
-//! Three threads form a pipeline joined by bounded channels, so memory
-//! stays flat whatever the cohort size:
+//! Three stages joined by bounded channels, so memory stays flat whatever
+//! the cohort size:
 //!
 //! ```text
-//! reader thread      fetch, checksum, resume check, decode, model grid
+//! reader threads     fetch, checksum, resume check, decode, model grid
 //!      | (read_ahead scans)
 //! calling thread     the network (the processor never leaves it)
-//!      | (1 scan)
-//! finisher thread    quantification, metrics, then the sink
+//!      |
+//! finisher threads   quantification and metrics
+//!      |
+//! sink thread        the sink and progress, one scan at a time
 //! ```
+//!
+//! The reader and finisher stages each run on [`RunOptions::readers`] and
+//! [`RunOptions::finishers`] threads. A real-size scan takes about as long
+//! to decompress and bring onto the model grid as a GPU takes to run the
+//! network on it, so one reader cannot keep a GPU busy. Jobs are dealt to a
+//! stage's threads in turn and taken back in the same turn ([`ordered`]), so
+//! scans reach the network and the sink in manifest order, the same rows
+//! come out whatever the thread counts, and no reorder buffer can grow
+//! behind one slow scan. At most `read_ahead + readers + 1` decoded scans
+//! wait for the network, and `2 * finishers + 1` scans for the sink.
 //!
 //! Resume: after [`crate::process::Reader::fetch`] the scan's
 //! [`ResumeKey`] is known; when `done` says a final result with that key
 //! exists, the scan is skipped before it is decoded.
 //!
-//! Shutdown: when `shutdown` becomes true the reader stops taking jobs,
-//! scans waiting for the network are abandoned, and the scan in the
-//! network and those in the finisher complete and reach the sink, so
-//! nothing that finished is lost. A sink error (a full disk) stops the
-//! pipeline the same way and is returned.
+//! Shutdown: when `shutdown` becomes true no further job is taken, scans
+//! waiting for the network are abandoned, and the scan in the network and
+//! those past it complete and reach the sink, so nothing that finished is
+//! lost. A sink error (a full disk) stops the pipeline the same way and is
+//! returned.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::{Scope, ScopedJoinHandle};
 
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::process::{InFlight, Processor};
-use crate::results::sink::Sink;
+use crate::results::sink::{ScanOutput, Sink};
 use crate::results::{ResumeKey, ScanRow, Status};
 
 /// What the pipeline reports while it runs.
@@ -58,11 +72,28 @@ pub struct RunReport {
 pub struct RunOptions {
     /// Decoded scans waiting for the network (each holds its volumes).
     pub read_ahead: usize,
+    /// Threads that fetch and decode scans (0 counts as 1).
+    pub readers: usize,
+    /// Threads that quantify scans after the network (0 counts as 1).
+    pub finishers: usize,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { read_ahead: 2 }
+        RunOptions {
+            read_ahead: 2,
+            readers: 1,
+            finishers: 1,
+        }
+    }
+}
+
+impl RunOptions {
+    /// Reader and finisher threads for `cpus` CPUs: one of each per four
+    /// CPUs, from one to four. Each stage also uses rayon inside a scan,
+    /// so a few threads per stage are enough to keep the cores busy.
+    pub fn stage_threads(cpus: usize) -> usize {
+        (cpus / 4).clamp(1, 4)
     }
 }
 
@@ -71,10 +102,102 @@ enum Item {
     Scan(Box<InFlight>),
 }
 
+enum Done {
+    Skip(String),
+    Scan(Box<ScanOutput>),
+}
+
+/// The threads of an [`ordered`] stage.
+struct Stage<'s> {
+    /// Returns whether the whole input was dealt out.
+    dealer: ScopedJoinHandle<'s, bool>,
+    threads: Vec<ScopedJoinHandle<'s, ()>>,
+}
+
+impl Stage<'_> {
+    /// Joins the stage (after its output was dropped or drained); `Ok(true)`
+    /// when its whole input was dealt out.
+    fn join(self, what: &str) -> Result<bool> {
+        let panicked = || Error::Io(std::io::Error::other(format!("a {what} thread panicked")));
+        let mut ok = true;
+        for t in self.threads {
+            ok &= t.join().is_ok();
+        }
+        let all = self.dealer.join().map_err(|_| panicked())?;
+        if ok { Ok(all) } else { Err(panicked()) }
+    }
+}
+
+/// Runs `f` over `input` on `threads` threads of `scope`, keeping order:
+/// item `n` of the returned receiver is `f` of item `n` of the input. A dealer hands
+/// item `n` to thread `n % threads` and a collector takes results back in
+/// the same turn, so each thread holds at most the item it works on and
+/// the result it waits to hand back, and `capacity` results wait in the
+/// output. Dropping the output stops the stage: every thread's next send
+/// fails and it returns.
+fn ordered<'s, 'e, T, U, F>(
+    scope: &'s Scope<'s, 'e>,
+    threads: usize,
+    capacity: usize,
+    input: impl Iterator<Item = T> + Send + 's,
+    f: F,
+) -> (Receiver<U>, Stage<'s>)
+where
+    T: Send + 's,
+    U: Send + 's,
+    F: Fn(T) -> U + Send + Sync + 's,
+{
+    let threads = threads.max(1);
+    let f = Arc::new(f);
+    let mut to_threads = Vec::with_capacity(threads);
+    let mut from_threads = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads + 1);
+    for _ in 0..threads {
+        // Rendezvous channels: nothing waits in them, so the bounds above
+        // hold.
+        let (to_thread, inbox) = sync_channel::<T>(0);
+        let (outbox, from_thread) = sync_channel::<U>(0);
+        let f = Arc::clone(&f);
+        handles.push(scope.spawn(move || {
+            for item in inbox {
+                if outbox.send(f(item)).is_err() {
+                    return;
+                }
+            }
+        }));
+        to_threads.push(to_thread);
+        from_threads.push(from_thread);
+    }
+    let dealer = scope.spawn(move || {
+        for (n, item) in input.enumerate() {
+            if to_threads[n % threads].send(item).is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let (to_output, output) = sync_channel::<U>(capacity);
+    handles.push(scope.spawn(move || {
+        // The first thread whose turn yields nothing has no more input,
+        // and neither has any after it, as the dealer deals in turn.
+        for from in from_threads.iter().cycle() {
+            let Ok(result) = from.recv() else { return };
+            if to_output.send(result).is_err() {
+                return;
+            }
+        }
+    }));
+    let stage = Stage {
+        dealer,
+        threads: handles,
+    };
+    (output, stage)
+}
+
 /// Runs `jobs` through `processor` into `sink`; see the module docs.
 ///
 /// `done(job, key)` says whether a final result for the job with this key
-/// exists already; `progress` hears of every scan, on the finisher thread.
+/// exists already; `progress` hears of every scan, on the sink thread.
 pub fn run<S, D, P>(
     jobs: impl IntoIterator<Item = Job, IntoIter: Send>,
     processor: &Processor,
@@ -91,48 +214,57 @@ where
 {
     let reader = processor.reader();
     let finisher = processor.finisher();
-    // Set when the finisher fails, so the upstream stages stop early.
+    // Set when the sink fails, so the upstream stages stop early.
     let abort = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::SeqCst) || abort.load(Ordering::SeqCst);
-    let (to_net, from_reader) = sync_channel::<Item>(options.read_ahead.max(1));
-    let (to_finish, from_net) = sync_channel::<Item>(1);
-    let jobs = jobs.into_iter();
+    // Set when `stop` cut the jobs short.
+    let cut = AtomicBool::new(false);
+    let jobs = jobs.into_iter().take_while(|_| {
+        let go = !stop();
+        if !go {
+            cut.store(true, Ordering::SeqCst);
+        }
+        go
+    });
+    let done = &done;
     std::thread::scope(|scope| {
-        let reading = scope.spawn(|| {
-            // Moved in, so the channel closes when the reader is done.
-            let to_net = to_net;
-            let mut all_taken = true;
-            for job in jobs {
-                if stop() {
-                    all_taken = false;
-                    break;
-                }
+        let (from_readers, reading) = ordered(
+            scope,
+            options.readers,
+            options.read_ahead.max(1),
+            jobs,
+            move |job: Job| {
                 let mut s = reader.fetch(&job);
-                let item = if done(&job, &s.key) {
+                if done(&job, &s.key) {
                     Item::Skip(job.scan_id)
                 } else {
                     reader.decode(&mut s);
                     Item::Scan(Box::new(s))
-                };
-                if to_net.send(item).is_err() {
-                    all_taken = false;
-                    break;
                 }
-            }
-            all_taken
-        });
-        let finishing = scope.spawn(|| -> Result<RunReport> {
+            },
+        );
+        let (to_finish, from_net) = sync_channel::<Item>(0);
+        let (from_finishers, finishing) = ordered(
+            scope,
+            options.finishers,
+            1,
+            from_net.into_iter(),
+            move |item| match item {
+                Item::Skip(id) => Done::Skip(id),
+                Item::Scan(s) => Done::Scan(Box::new(finisher.finish(*s))),
+            },
+        );
+        let sinking = scope.spawn(|| -> Result<RunReport> {
             let mut report = RunReport::default();
-            for item in from_net {
+            for item in from_finishers {
                 match item {
-                    Item::Skip(id) => {
+                    Done::Skip(id) => {
                         report.skipped += 1;
                         progress(Event::Skipped(&id));
                     }
-                    Item::Scan(s) => {
-                        let out = finisher.finish(*s);
+                    Done::Scan(out) => {
                         let row = out.record.scan.clone();
-                        if let Err(e) = sink.accept(out) {
+                        if let Err(e) = sink.accept(*out) {
                             abort.store(true, Ordering::SeqCst);
                             return Err(e);
                         }
@@ -144,7 +276,7 @@ where
             }
             Ok(report)
         });
-        for item in from_reader {
+        for item in from_readers {
             let item = match item {
                 // Scans still waiting for the network are abandoned.
                 Item::Scan(_) if stop() => break,
@@ -155,18 +287,18 @@ where
                 skip => skip,
             };
             if to_finish.send(item).is_err() {
-                break; // the finisher stopped on a sink error
+                break; // the sink failed
             }
         }
         drop(to_finish);
-        let finished = finishing
+        let finished = sinking
             .join()
-            .map_err(|_| Error::Io(std::io::Error::other("the finisher thread panicked")))?;
-        let all_taken = reading
-            .join()
-            .map_err(|_| Error::Io(std::io::Error::other("the reader thread panicked")))?;
+            .map_err(|_| Error::Io(std::io::Error::other("the sink thread panicked")))?;
+        finishing.join("finisher")?;
+        let all_taken = reading.join("reader")?;
         let mut report = finished?;
-        report.interrupted = !all_taken || shutdown.load(Ordering::SeqCst);
+        report.interrupted =
+            !all_taken || cut.load(Ordering::SeqCst) || shutdown.load(Ordering::SeqCst);
         Ok(report)
     })
 }
@@ -233,6 +365,40 @@ mod tests {
     }
 
     #[test]
+    fn ordered_keeps_order_whatever_the_timing_and_stops_when_dropped() {
+        // Uneven work: later items often finish before earlier ones.
+        let work = |x: u64| {
+            std::thread::sleep(std::time::Duration::from_millis((x * 7) % 5));
+            x * 2
+        };
+        std::thread::scope(|scope| {
+            let (out, stage) = ordered(scope, 4, 2, 0..60u64, work);
+            let got: Vec<u64> = out.iter().collect();
+            assert_eq!(got, (0..60).map(|x| x * 2).collect::<Vec<_>>());
+            assert!(stage.join("test").unwrap(), "the whole input was dealt");
+        });
+        // A consumer that stops early stops the stage without taking the rest.
+        std::thread::scope(|scope| {
+            let (out, stage) = ordered(scope, 3, 1, 0..1_000_000u64, work);
+            let first: Vec<u64> = out.iter().take(5).collect();
+            assert_eq!(first, [0, 2, 4, 6, 8]);
+            drop(out);
+            assert!(!stage.join("test").unwrap(), "the input was cut short");
+        });
+        // A panic ends the output at the item that panicked and is reported.
+        std::thread::scope(|scope| {
+            let (out, stage) = ordered(scope, 3, 1, 0..20u64, |x| {
+                assert_ne!(x, 7, "boom");
+                x
+            });
+            let got: Vec<u64> = out.iter().collect();
+            assert_eq!(got, (0..7).collect::<Vec<_>>());
+            let e = stage.join("test").unwrap_err();
+            assert!(e.to_string().contains("a test thread panicked"), "{e}");
+        });
+    }
+
+    #[test]
     fn every_job_reaches_the_sink_in_order_and_bad_ones_as_error_rows() {
         let dir = tempfile::tempdir().unwrap();
         let p = processor();
@@ -250,7 +416,7 @@ mod tests {
         let mut events = Vec::new();
         let never = AtomicBool::new(false);
         let report = run(
-            jobs,
+            jobs.clone(),
             &p,
             &mut sink,
             |_, _| false,
@@ -259,6 +425,31 @@ mod tests {
             |e| events.push(format!("{e:?}").len()),
         )
         .unwrap();
+        // Several readers and finishers give the same rows in the same order.
+        let mut threaded = Collector::default();
+        let options = RunOptions {
+            read_ahead: 1,
+            readers: 3,
+            finishers: 2,
+        };
+        let r3 = run(
+            jobs,
+            &p,
+            &mut threaded,
+            |_, _| false,
+            &never,
+            options,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(r3, report);
+        assert_eq!(ids(&threaded), ids(&sink));
+        for (a, b) in threaded.records.iter().zip(&sink.records) {
+            assert_eq!(a.key, b.key);
+            assert_eq!(a.scan.probabilities, b.scan.probabilities);
+            assert_eq!(a.scan.lesion_volume_ml, b.scan.lesion_volume_ml);
+            assert_eq!(a.scan.error, b.scan.error);
+        }
         assert_eq!(ids(&sink), ["s0", "s1", "gone", "s2", "s3"]);
         assert_eq!((report.processed, report.failed, report.skipped), (5, 1, 0));
         assert!(!report.interrupted);
@@ -334,19 +525,17 @@ mod tests {
                 Err(Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)).in_file("x"))
             }
         }
-        let mut full = Full(0);
         let never = AtomicBool::new(false);
-        let e = run(
-            jobs(),
-            &p,
-            &mut full,
-            |_, _| false,
-            &never,
-            RunOptions::default(),
-            |_| {},
-        )
-        .unwrap_err();
-        assert!(e.to_string().starts_with("x:"), "{e}");
-        assert_eq!(full.0, 1, "nothing more is offered to a failing sink");
+        let threaded = RunOptions {
+            read_ahead: 1,
+            readers: 2,
+            finishers: 2,
+        };
+        for options in [RunOptions::default(), threaded] {
+            let mut full = Full(0);
+            let e = run(jobs(), &p, &mut full, |_, _| false, &never, options, |_| {}).unwrap_err();
+            assert!(e.to_string().starts_with("x:"), "{e}");
+            assert_eq!(full.0, 1, "nothing more is offered to a failing sink");
+        }
     }
 }

@@ -294,6 +294,14 @@ pub struct RunArgs {
     /// volumes).
     #[arg(long, env = "MULTIR_READ_AHEAD", default_value_t = 2)]
     pub read_ahead: usize,
+    /// Threads that read, decode and resample scans for the network
+    /// (default: one per four CPUs, 1 to 4). A GPU needs several.
+    #[arg(long, env = "MULTIR_READERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub readers: Option<u16>,
+    /// Threads that quantify scans after the network (default as
+    /// `--readers`).
+    #[arg(long, env = "MULTIR_FINISHERS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub finishers: Option<u16>,
     #[command(flatten)]
     pub infer: InferArgs,
     #[command(flatten)]

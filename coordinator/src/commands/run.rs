@@ -63,6 +63,18 @@ fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// The pipeline's settings: thread counts not given follow the CPUs this
+/// process may use.
+fn run_options(args: &RunArgs) -> RunOptions {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let auto = RunOptions::stage_threads(cpus);
+    RunOptions {
+        read_ahead: args.read_ahead,
+        readers: args.readers.map_or(auto, usize::from),
+        finishers: args.finishers.map_or(auto, usize::from),
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let manifest = outputs::read_manifest(&args.manifest)?;
     outputs::check_ids(manifest.entries.iter().map(|e| e.scan_id.as_str()))?;
@@ -105,9 +117,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         &mut out,
         done,
         &shutdown,
-        RunOptions {
-            read_ahead: args.read_ahead,
-        },
+        run_options(&args),
         |event| progress.event(event),
     );
     progress.finish();
