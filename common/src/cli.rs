@@ -61,6 +61,10 @@ pub struct InferArgs {
     /// Lesion probability threshold of the mask, strictly between 0 and 1.
     #[arg(long, env = "MULTIR_THRESHOLD", default_value_t = 0.5, value_parser = parse_threshold)]
     pub threshold: f32,
+    /// Keep predicted lesions that touch no lung; by default they are
+    /// removed (and their volume reported as `lesion_removed_ml`).
+    #[arg(long, env = "MULTIR_KEEP_LESIONS_OUTSIDE_LUNGS")]
+    pub keep_lesions_outside_lungs: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub device: DeviceArgs,

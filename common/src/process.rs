@@ -42,7 +42,7 @@ use crate::model::infer::prepare_for;
 use crate::model::{Checkpoint, InferenceConfig, Prediction, Predictor};
 use crate::preprocess::Prepared;
 use crate::preprocess::lung::LungMaskConfig;
-use crate::quantify::quantify;
+use crate::quantify::{lesions_touching_lungs, lungs_on_grid, quantify_with_lungs};
 use crate::results::sink::ScanOutput;
 use crate::results::{LesionRow, RESULTS_SCHEMA_VERSION, ResumeKey, ScanRecord, ScanRow};
 use crate::volume::{Volume, check_same_grid};
@@ -124,6 +124,9 @@ pub struct ProcessConfig {
     pub lung: LungMaskConfig,
     /// Return the lesion probability map as well as the mask.
     pub probability_maps: bool,
+    /// Keep predicted lesions that touch no lung (by default they are
+    /// removed, see [`crate::quantify::lesions_touching_lungs`]).
+    pub keep_lesions_outside_lungs: bool,
 }
 
 impl Default for ProcessConfig {
@@ -135,6 +138,7 @@ impl Default for ProcessConfig {
             tolerance_mm: 1.0,
             lung: LungMaskConfig::default(),
             probability_maps: false,
+            keep_lesions_outside_lungs: false,
         }
     }
 }
@@ -601,6 +605,7 @@ pub struct Finisher {
     tolerance_mm: f64,
     lung: LungMaskConfig,
     probability_maps: bool,
+    keep_lesions_outside_lungs: bool,
 }
 
 impl Finisher {
@@ -610,14 +615,23 @@ impl Finisher {
         let mut mask = None;
         let mut probability = None;
         let mut gradcam = None;
-        if let (Some(ct), Some(p)) = (s.ct.take(), s.prediction.take()) {
+        if let (Some(ct), Some(mut p)) = (s.ct.take(), s.prediction.take()) {
             let t = Instant::now();
             let name = s.image_name.clone();
             match guarded("quantification", || {
-                quantify(&ct, &p.mask, &self.lung).in_file(&name)
+                let lungs = lungs_on_grid(&ct, &self.lung).in_file(&name)?;
+                let mut removed = None;
+                if let (Some(l), false) = (&lungs, self.keep_lesions_outside_lungs) {
+                    let (kept, voxels) = lesions_touching_lungs(&p.mask, l).in_file(&name)?;
+                    removed = Some(voxels as f64 * ct.voxel_volume_mm3() / 1000.0);
+                    p.mask = kept;
+                }
+                let q = quantify_with_lungs(&ct, &p.mask, lungs.as_ref()).in_file(&name)?;
+                Ok((q, removed))
             }) {
-                Ok(q) => {
+                Ok((q, removed)) => {
                     s.row.set_quantification(&q);
+                    s.row.lesion_removed_ml = removed;
                     lesions = LesionRow::from_quantification(&s.row.scan_id, &q);
                 }
                 Err(e) => s.fail(e),
@@ -692,6 +706,7 @@ impl Processor {
                 tolerance_mm: cfg.tolerance_mm,
                 lung: cfg.lung,
                 probability_maps: cfg.probability_maps,
+                keep_lesions_outside_lungs: cfg.keep_lesions_outside_lungs,
             },
             predictor,
             inference: cfg.inference,

@@ -52,6 +52,7 @@ pub fn scan_columns(classes: &[String]) -> Vec<String> {
         [
             "lesion_volume_ml",
             "lesion_outside_lungs_ml",
+            "lesion_removed_ml",
             "lung_volume_ml",
             "left_lung_involvement_pct",
             "right_lung_involvement_pct",
@@ -186,6 +187,7 @@ pub fn scans_frame(rows: &[ScanRow], classes: &[String]) -> anyhow::Result<DataF
         f64s("lesion_outside_lungs_ml", rows, |r| {
             r.lesion_outside_lungs_ml
         }),
+        f64s("lesion_removed_ml", rows, |r| r.lesion_removed_ml),
         f64s("lung_volume_ml", rows, |r| r.lung_volume_ml),
         f64s("left_lung_involvement_pct", rows, |r| {
             r.left_lung_involvement_pct
@@ -639,6 +641,7 @@ pub fn read_scans(path: &Path) -> anyhow::Result<Scans> {
             probabilities,
             lesion_volume_ml: fv("lesion_volume_ml", i),
             lesion_outside_lungs_ml: fv("lesion_outside_lungs_ml", i),
+            lesion_removed_ml: fv("lesion_removed_ml", i),
             lung_volume_ml: fv("lung_volume_ml", i),
             left_lung_involvement_pct: fv("left_lung_involvement_pct", i),
             right_lung_involvement_pct: fv("right_lung_involvement_pct", i),

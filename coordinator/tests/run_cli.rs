@@ -251,7 +251,7 @@ fn broken_rows_are_error_rows_in_tables_every_reader_opens() {
         "the table schema changed: bump RESULTS_SCHEMA_VERSION, update the README and \
          regenerate tests/fixtures/results/schema.json with read_tables.py --schema"
     );
-    assert_eq!(seen["schema_version"], "1");
+    assert_eq!(seen["schema_version"], "2");
     assert_eq!(seen["pyarrow_rows"], 7);
     assert_eq!(seen["pyarrow_by_id"], serde_json::json!(["synth-00002"]));
     let want: Vec<String> = (0..7)

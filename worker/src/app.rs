@@ -149,6 +149,7 @@ pub async fn serve(
         series_uid: args.load.series_uid.clone(),
         inference: args.infer.config(false),
         tolerance_mm: args.tolerance_mm,
+        keep_lesions_outside_lungs: args.infer.keep_lesions_outside_lungs,
         ..ProcessConfig::default()
     };
     cfg.validate()?;

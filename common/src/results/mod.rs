@@ -28,7 +28,7 @@ use crate::quantify::{LesionSide, ScanQuantification};
 /// Version of the result tables' schema and of the fragment layout. It is
 /// written into every Parquet file and fragment; a change of any column's
 /// name, type or meaning increments it.
-pub const RESULTS_SCHEMA_VERSION: u32 = 1;
+pub const RESULTS_SCHEMA_VERSION: u32 = 2;
 
 /// Whether a scan was processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -103,6 +103,10 @@ pub struct ScanRow {
     pub lesion_volume_ml: Option<f64>,
     /// Predicted lesion volume outside the lung region, mL.
     pub lesion_outside_lungs_ml: Option<f64>,
+    /// Predicted lesion removed before quantification because its
+    /// connected component touches no lung, mL (not part of
+    /// `lesion_volume_ml`; see [`crate::quantify::lesions_touching_lungs`]).
+    pub lesion_removed_ml: Option<f64>,
     /// Both lungs, mL (the lung region of [`crate::quantify`]).
     pub lung_volume_ml: Option<f64>,
     /// Percent of the left lung involved.

@@ -118,6 +118,7 @@ pub fn run(args: PredictArgs) -> anyhow::Result<()> {
         series_uid: args.load.series_uid.clone(),
         inference: args.infer.config(args.gradcam),
         probability_maps: args.probabilities,
+        keep_lesions_outside_lungs: args.infer.keep_lesions_outside_lungs,
         ..ProcessConfig::default()
     };
     cfg.validate()?;

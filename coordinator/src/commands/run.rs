@@ -85,6 +85,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         inference: args.infer.config(false),
         tolerance_mm: args.tolerance_mm,
         probability_maps: args.probabilities,
+        keep_lesions_outside_lungs: args.infer.keep_lesions_outside_lungs,
         ..ProcessConfig::default()
     };
     cfg.validate()?;
