@@ -268,7 +268,23 @@ fn the_final_images_are_unprivileged_labelled_and_without_compilers() {
                 "{target}: no org.opencontainers.image.{key} label"
             );
         }
-        for i in ins.iter().filter(|i| i.starts_with("RUN ")) {
+        // The stage and the stages it is built on, back to an image.
+        let mut chain = vec![ins];
+        while let Some(parent) = chain.last().and_then(|i| i[0].split_whitespace().nth(1))
+            && let Some((_, p)) = stages.iter().find(|(n, _)| n == parent)
+        {
+            chain.push(p);
+        }
+        let base = &chain.last().unwrap()[0];
+        assert!(
+            base.contains("${RUNTIME_IMAGE}"),
+            "{target} must start from the slim runtime image: {base}"
+        );
+        for i in chain
+            .iter()
+            .flat_map(|c| c.iter())
+            .filter(|i| i.starts_with("RUN "))
+        {
             for tool in [
                 " gcc",
                 " g++",
@@ -280,11 +296,6 @@ fn the_final_images_are_unprivileged_labelled_and_without_compilers() {
                 assert!(!i.contains(tool), "{target} installs or runs {tool}: {i}");
             }
         }
-        let from = &ins[0];
-        assert!(
-            from.contains("${RUNTIME_IMAGE}"),
-            "{target} must start from the slim runtime image: {from}"
-        );
     }
     // The worker's health check is the probe the binary has.
     let worker = &stages.iter().find(|(n, _)| n == "worker").unwrap().1;
