@@ -300,13 +300,8 @@ pub fn lesions_touching_lungs(lesion_mask: &Volume, lungs: &LungLabels) -> Resul
     let kept = labels
         .labels
         .par_iter()
-        .map(|&l| {
-            if touches[l as usize] && l != 0 {
-                1.0
-            } else {
-                0.0
-            }
-        })
+        // touches[0], the background, is never set.
+        .map(|&l| if touches[l as usize] { 1.0 } else { 0.0 })
         .collect();
     Ok((lesion_mask.with_data(kept)?, removed))
 }
@@ -324,13 +319,11 @@ pub fn quantify_with_lungs(
     let plane = ni * nj;
     let voxel_ml = ct_hu.voxel_volume_mm3() / 1000.0;
     let fg: Vec<bool> = lesion_mask.data().par_iter().map(|&v| v > 0.5).collect();
-    let lung_grid = lungs;
-    let lungs: Option<&Vec<u8>> = lungs.map(|l| &l.labels);
 
     let labels = label(&fg, dims, Connectivity::TwentySix)?;
     let count = labels.count;
     let hu = ct_hu.data();
-    let lung_src = lungs.map(Vec::as_slice);
+    let lung_src = lungs.map(|l| l.labels.as_slice());
 
     // First pass: counts, index sums, HU sums, extents, lung voxels.
     let accs = labels
@@ -403,7 +396,7 @@ pub fn quantify_with_lungs(
         .map(|l| {
             let a = &accs[l];
             let n = a.n as f64;
-            let side = lungs.as_ref().map(|_| {
+            let side = lungs.map(|_| {
                 let inside = a.lung[0] + a.lung[1];
                 if inside == 0 {
                     LesionSide::Outside
@@ -425,7 +418,7 @@ pub fn quantify_with_lungs(
                 mean_hu: means[l],
                 std_hu: (sq[l] / n).sqrt(),
                 side,
-                in_lung_fraction: lungs.as_ref().map(|_| (a.lung[0] + a.lung[1]) as f64 / n),
+                in_lung_fraction: lungs.map(|_| (a.lung[0] + a.lung[1]) as f64 / n),
             }
         })
         .collect();
@@ -459,12 +452,12 @@ pub fn quantify_with_lungs(
         severity_score: None,
         severity_zones: None,
     };
-    if let (
-        Some(lung_src),
-        Some(LungLabels {
-            reo, canon_dims, ..
-        }),
-    ) = (&lungs, lung_grid)
+    if let Some(LungLabels {
+        labels: lung_src,
+        reo,
+        canon_dims,
+        ..
+    }) = lungs
     {
         // The lung region: the lung mask plus the voxels of lesions
         // assigned to one lung (the threshold mask leaves consolidation

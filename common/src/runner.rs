@@ -217,15 +217,9 @@ where
     // Set when the sink fails, so the upstream stages stop early.
     let abort = AtomicBool::new(false);
     let stop = || shutdown.load(Ordering::SeqCst) || abort.load(Ordering::SeqCst);
-    // Set when `stop` cut the jobs short.
-    let cut = AtomicBool::new(false);
-    let jobs = jobs.into_iter().take_while(|_| {
-        let go = !stop();
-        if !go {
-            cut.store(true, Ordering::SeqCst);
-        }
-        go
-    });
+    // Jobs cut short by a shutdown show in `report.interrupted`; by a sink
+    // error, in the error returned.
+    let jobs = jobs.into_iter().take_while(|_| !stop());
     let done = &done;
     std::thread::scope(|scope| {
         let (from_readers, reading) = ordered(
@@ -297,8 +291,7 @@ where
         finishing.join("finisher")?;
         let all_taken = reading.join("reader")?;
         let mut report = finished?;
-        report.interrupted =
-            !all_taken || cut.load(Ordering::SeqCst) || shutdown.load(Ordering::SeqCst);
+        report.interrupted = !all_taken || shutdown.load(Ordering::SeqCst);
         Ok(report)
     })
 }
