@@ -98,6 +98,38 @@ impl Labels {
             .map(|&l| wanted[l as usize])
             .collect()
     }
+
+    /// Keeps the components `l` with `keep[l]` (`keep[0]` is ignored) and
+    /// numbers them `1..` in their old order, so they stay in raster order
+    /// of their first voxel; removed components become background.
+    pub fn retain(mut self, keep: &[bool]) -> Result<Labels> {
+        if keep.len() != self.count + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "{} keep flags given for {} components",
+                keep.len().saturating_sub(1),
+                self.count
+            )));
+        }
+        let mut new_of = vec![0u32; self.count + 1];
+        let mut sizes = vec![self.sizes[0]];
+        for l in 1..=self.count {
+            if keep[l] {
+                new_of[l] = sizes.len() as u32;
+                sizes.push(self.sizes[l]);
+            } else {
+                sizes[0] += self.sizes[l];
+            }
+        }
+        if sizes.len() == self.count + 1 {
+            return Ok(self);
+        }
+        self.labels
+            .par_chunks_mut(1 << 16)
+            .for_each(|c| c.iter_mut().for_each(|l| *l = new_of[*l as usize]));
+        self.count = sizes.len() - 1;
+        self.sizes = sizes;
+        Ok(self)
+    }
 }
 
 /// One run of foreground voxels `[start, end)` of a row, with its label.
@@ -576,6 +608,26 @@ mod tests {
                 assert_eq!(got.sizes, sizes);
             }
         }
+    }
+
+    #[test]
+    fn retained_components_are_renumbered_in_order() {
+        let d = [6, 3, 2];
+        let mut m = vec![false; 36];
+        cube(&mut m, d, [0, 0, 0], [2, 2, 2]);
+        cube(&mut m, d, [3, 0, 0], [4, 3, 1]);
+        cube(&mut m, d, [5, 0, 1], [6, 1, 2]);
+        let all = label(&m, d, Connectivity::TwentySix).unwrap();
+        assert_eq!((all.count, &all.sizes[1..]), (3, &[8u64, 3, 1][..]));
+        let kept = all.clone().retain(&[false, false, true, true]).unwrap();
+        assert_eq!(kept.count, 2);
+        assert_eq!(kept.sizes, vec![36 - 4, 3, 1]);
+        // The same labels as labelling the mask without the first cube.
+        let without: Vec<bool> = all.labels.iter().map(|&l| l > 1).collect();
+        assert_eq!(kept, label(&without, d, Connectivity::TwentySix).unwrap());
+        // Keeping everything changes nothing; bad flags are refused.
+        assert_eq!(all.clone().retain(&[true; 4]).unwrap(), all);
+        assert!(all.retain(&[true; 3]).is_err());
     }
 
     #[test]

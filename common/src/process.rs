@@ -42,7 +42,9 @@ use crate::model::infer::prepare_for;
 use crate::model::{Checkpoint, InferenceConfig, Prediction, Predictor};
 use crate::preprocess::Prepared;
 use crate::preprocess::lung::LungMaskConfig;
-use crate::quantify::{lesions_touching_lungs, lungs_on_grid, quantify_with_lungs};
+use crate::quantify::{
+    components_touching_lungs, lesion_components, lungs_on_grid, quantify_components,
+};
 use crate::results::sink::ScanOutput;
 use crate::results::{LesionRow, RESULTS_SCHEMA_VERSION, ResumeKey, ScanRecord, ScanRow};
 use crate::volume::{Volume, check_same_grid};
@@ -619,14 +621,21 @@ impl Finisher {
             let t = Instant::now();
             let name = s.image_name.clone();
             match guarded("quantification", || {
+                check_same_grid(&ct, &p.mask, "CT", "lesion mask").in_file(&name)?;
                 let lungs = lungs_on_grid(&ct, &self.lung).in_file(&name)?;
+                // Labelled once: the same components are filtered and measured.
+                let mut lesions = lesion_components(&p.mask).in_file(&name)?;
                 let mut removed = None;
                 if let (Some(l), false) = (&lungs, self.keep_lesions_outside_lungs) {
-                    let (kept, voxels) = lesions_touching_lungs(&p.mask, l).in_file(&name)?;
+                    let (kept, voxels) = components_touching_lungs(lesions, l).in_file(&name)?;
+                    lesions = kept;
                     removed = Some(voxels as f64 * ct.voxel_volume_mm3() / 1000.0);
-                    p.mask = kept;
+                    if voxels > 0 {
+                        let mask = lesions.labels.iter().map(|&l| f32::from(l != 0)).collect();
+                        p.mask = p.mask.with_data(mask).in_file(&name)?;
+                    }
                 }
-                let q = quantify_with_lungs(&ct, &p.mask, lungs.as_ref()).in_file(&name)?;
+                let q = quantify_components(&ct, &lesions, lungs.as_ref()).in_file(&name)?;
                 Ok((q, removed))
             }) {
                 Ok((q, removed)) => {

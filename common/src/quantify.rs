@@ -48,7 +48,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::labeling::{Connectivity, label};
+use crate::labeling::{Connectivity, Labels, label};
 use crate::preprocess::lung::{LEFT, LungMaskConfig, RIGHT, lung_mask};
 use crate::volume::{Reorientation, Volume, check_same_grid};
 
@@ -231,13 +231,18 @@ pub fn quantify(
 /// both [`lesions_touching_lungs`] and [`quantify_with_lungs`].
 pub fn lungs_on_grid(ct_hu: &Volume, cfg: &LungMaskConfig) -> Result<Option<LungLabels>> {
     // The lung mask needs axial slices along k, so it is computed on the
-    // canonical copy and brought back onto the caller's grid exactly.
-    let (canon_ct, reo) = ct_hu.to_canonical();
+    // canonical orientation (a copy only when the CT is not canonical
+    // already) and brought back onto the caller's grid exactly.
+    let (canon_ct, reo) = ct_hu.canonical();
     match lung_mask(&canon_ct, cfg) {
         Ok(lm) => {
-            let back = reo.undo(&lm.to_volume(*canon_ct.affine())?)?;
+            let labels = if reo.is_identity() {
+                lm.mask
+            } else {
+                reo.undo_voxels(&lm.mask, lm.dims)?.into_owned()
+            };
             Ok(Some(LungLabels {
-                labels: back.data().par_iter().map(|&v| v as u8).collect(),
+                labels,
                 canon_dims: canon_ct.dims(),
                 dims: ct_hu.dims(),
                 reo,
@@ -278,32 +283,39 @@ pub struct LungLabels {
 /// below the diaphragm, which is where a model sees lung-like patterns in
 /// real scans; see README, "Lesions belong to the lungs".
 pub fn lesions_touching_lungs(lesion_mask: &Volume, lungs: &LungLabels) -> Result<(Volume, u64)> {
-    if lesion_mask.dims() != lungs.dims {
+    let (kept, removed) = components_touching_lungs(lesion_components(lesion_mask)?, lungs)?;
+    let mask = kept.labels.par_iter().map(|&l| f32::from(l != 0)).collect();
+    Ok((lesion_mask.with_data(mask)?, removed))
+}
+
+/// The lesions of a mask: its 26-connected components of voxels above
+/// 0.5, as [`quantify`] counts them.
+pub fn lesion_components(lesion_mask: &Volume) -> Result<Labels> {
+    let fg: Vec<bool> = lesion_mask.data().par_iter().map(|&v| v > 0.5).collect();
+    label(&fg, lesion_mask.dims(), Connectivity::TwentySix)
+}
+
+/// [`lesions_touching_lungs`] on components already labelled
+/// ([`lesion_components`]): the kept components, renumbered in order, and
+/// the number of voxels removed.
+pub fn components_touching_lungs(lesions: Labels, lungs: &LungLabels) -> Result<(Labels, u64)> {
+    if lesions.dims != lungs.dims {
         return Err(Error::InvalidArgument(format!(
             "lesion mask of {:?} voxels vs a lung mask of {:?}",
-            lesion_mask.dims(),
-            lungs.dims
+            lesions.dims, lungs.dims
         )));
     }
-    let fg: Vec<bool> = lesion_mask.data().par_iter().map(|&v| v > 0.5).collect();
-    let labels = label(&fg, lungs.dims, Connectivity::TwentySix)?;
-    let mut touches = vec![false; labels.count + 1];
-    for (&l, &lung) in labels.labels.iter().zip(&lungs.labels) {
+    let mut touches = vec![false; lesions.count + 1];
+    for (&l, &lung) in lesions.labels.iter().zip(&lungs.labels) {
         if l != 0 && lung != 0 {
             touches[l as usize] = true;
         }
     }
-    let removed: u64 = (1..=labels.count)
+    let removed: u64 = (1..=lesions.count)
         .filter(|&l| !touches[l])
-        .map(|l| labels.sizes[l])
+        .map(|l| lesions.sizes[l])
         .sum();
-    let kept = labels
-        .labels
-        .par_iter()
-        // touches[0], the background, is never set.
-        .map(|&l| if touches[l as usize] { 1.0 } else { 0.0 })
-        .collect();
-    Ok((lesion_mask.with_data(kept)?, removed))
+    Ok((lesions.retain(&touches)?, removed))
 }
 
 /// [`quantify`] with the lung mask computed already ([`lungs_on_grid`];
@@ -314,13 +326,31 @@ pub fn quantify_with_lungs(
     lungs: Option<&LungLabels>,
 ) -> Result<ScanQuantification> {
     check_same_grid(ct_hu, lesion_mask, "CT", "lesion mask")?;
+    quantify_components(ct_hu, &lesion_components(lesion_mask)?, lungs)
+}
+
+/// [`quantify_with_lungs`] on lesions already labelled on the CT's grid
+/// ([`lesion_components`], [`components_touching_lungs`]), so a caller
+/// that filtered them does not label the mask again.
+pub fn quantify_components(
+    ct_hu: &Volume,
+    labels: &Labels,
+    lungs: Option<&LungLabels>,
+) -> Result<ScanQuantification> {
     let dims = ct_hu.dims();
+    let grids = [("lesion labels", labels.dims)]
+        .into_iter()
+        .chain(lungs.map(|l| ("lung mask", l.dims)));
+    for (what, d) in grids {
+        if d != dims {
+            return Err(Error::InvalidArgument(format!(
+                "{what} of {d:?} voxels vs a CT of {dims:?}"
+            )));
+        }
+    }
     let [ni, nj, _] = dims;
     let plane = ni * nj;
     let voxel_ml = ct_hu.voxel_volume_mm3() / 1000.0;
-    let fg: Vec<bool> = lesion_mask.data().par_iter().map(|&v| v > 0.5).collect();
-
-    let labels = label(&fg, dims, Connectivity::TwentySix)?;
     let count = labels.count;
     let hu = ct_hu.data();
     let lung_src = lungs.map(|l| l.labels.as_slice());
@@ -463,23 +493,14 @@ pub fn quantify_with_lungs(
         // assigned to one lung (the threshold mask leaves consolidation
         // out). Measured on the canonical grid, where k runs inferior to
         // superior and the zones are slabs of k.
-        let region: Vec<f32> = lung_src
+        let region: Vec<u8> = lung_src
             .par_iter()
             .zip(labels.labels.par_iter())
-            .map(|(&m, &l)| if m != 0 { m } else { side_of[l as usize] } as f32)
+            .map(|(&m, &l)| if m != 0 { m } else { side_of[l as usize] })
             .collect();
-        let canon_region: Vec<u8> = reo
-            .apply(&ct_hu.with_data(region)?)
-            .data()
-            .par_iter()
-            .map(|&v| v as u8)
-            .collect();
-        let canon_fg: Vec<bool> = reo
-            .apply(lesion_mask)
-            .data()
-            .par_iter()
-            .map(|&v| v > 0.5)
-            .collect();
+        let canon_region = reo.apply_voxels(&region)?;
+        let fg: Vec<bool> = labels.labels.par_iter().map(|&l| l != 0).collect();
+        let canon_fg = reo.apply_voxels(&fg)?;
         let (counts, zones) = region_measures(&canon_region, &canon_fg, *canon_dims);
         let [left, right] = counts;
         let pct = |les: u64, lung: u64| {
@@ -732,6 +753,14 @@ mod tests {
             let (kept, removed) = lesions_touching_lungs(&fake, &lungs).unwrap();
             assert_eq!(removed, 27);
             assert_eq!(kept.data(), p.mask.data());
+            // Filtering labelled components (what the processor does) gives
+            // the labels of the kept mask, numbered the same way.
+            let (comps, removed) =
+                components_touching_lungs(lesion_components(&fake).unwrap(), &lungs).unwrap();
+            assert_eq!(removed, 27);
+            assert_eq!(comps, lesion_components(&kept).unwrap());
+            let from_comps = quantify_components(&p.image, &comps, Some(&lungs)).unwrap();
+            assert_eq!(from_comps.lesion_count, comps.count);
             // Quantified with the same lungs, the result is quantify's (up
             // to the order of parallel float sums).
             let q = quantify_with_lungs(&p.image, &kept, Some(&lungs)).unwrap();

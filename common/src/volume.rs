@@ -13,6 +13,10 @@
 //! permuting and flipping axes only (no interpolation) and returns the
 //! [`Reorientation`] that maps results back onto the file's own grid exactly.
 
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 
 /// Canonical axis codes of in-memory volumes.
@@ -301,6 +305,14 @@ impl Volume {
     /// Reorders and flips the voxel axes so that the volume is in the
     /// canonical RAS orientation; returns the volume and how to undo it.
     pub fn to_canonical(&self) -> (Volume, Reorientation) {
+        let (v, r) = self.canonical();
+        (v.into_owned(), r)
+    }
+
+    /// [`Volume::to_canonical`] without a copy when the volume already is
+    /// canonical (most scans are): a full-size CT is hundreds of MB, and
+    /// each copy costs more in page faults than in arithmetic.
+    pub fn canonical(&self) -> (Cow<'_, Volume>, Reorientation) {
         let ornt = self.affine.io_orientation();
         // Canonical axis a takes the source axis whose world axis is a.
         let mut perm = [0usize; 3];
@@ -315,7 +327,12 @@ impl Volume {
             src_dims: self.dims,
             src_affine: self.affine,
         };
-        (r.apply(self), r)
+        let v = if r.is_identity() {
+            Cow::Borrowed(self)
+        } else {
+            Cow::Owned(r.apply(self))
+        };
+        (v, r)
     }
 }
 
@@ -425,7 +442,8 @@ impl Reorientation {
             "volume is not on the reorientation's source grid"
         );
         let od = self.out_dims();
-        let data = self.remap(&v.data, self.src_dims, od, true);
+        let (start, step) = self.forward_steps();
+        let data = gather(&v.data, od, start, step);
         let affine = v.affine.compose(&self.index_map());
         Volume {
             data,
@@ -437,14 +455,7 @@ impl Reorientation {
     /// Brings a canonical-grid volume (e.g. a predicted mask) back onto the
     /// source grid, exactly.
     pub fn undo(&self, v: &Volume) -> Result<Volume> {
-        let od = self.out_dims();
-        if v.dims != od {
-            return Err(Error::InvalidArgument(format!(
-                "volume dims {:?} do not match the canonical grid {:?}",
-                v.dims, od
-            )));
-        }
-        let data = self.remap(&v.data, od, self.src_dims, false);
+        let data = self.undo_voxels(&v.data, v.dims)?.into_owned();
         Ok(Volume {
             data,
             dims: self.src_dims,
@@ -452,24 +463,72 @@ impl Reorientation {
         })
     }
 
-    /// Copies voxels between the source layout and the canonical layout.
-    /// `forward`: `from` is the source grid; otherwise it is canonical.
-    fn remap(
+    /// [`Reorientation::undo`] of a volume the caller no longer needs: no
+    /// copy when the source was canonical.
+    pub fn undo_owned(&self, v: Volume) -> Result<Volume> {
+        if self.is_identity() && v.dims == self.src_dims {
+            return Ok(Volume {
+                affine: self.src_affine,
+                ..v
+            });
+        }
+        self.undo(&v)
+    }
+
+    /// [`Reorientation::apply`] for voxel values of any type (labels,
+    /// flags) laid out on the source grid; borrowed when nothing moves.
+    pub fn apply_voxels<'a, T: Copy + Send + Sync>(&self, data: &'a [T]) -> Result<Cow<'a, [T]>> {
+        check_voxels(data.len(), self.src_dims, "source")?;
+        if self.is_identity() {
+            return Ok(Cow::Borrowed(data));
+        }
+        let (start, step) = self.forward_steps();
+        Ok(Cow::Owned(gather(data, self.out_dims(), start, step)))
+    }
+
+    /// [`Reorientation::undo`] for voxel values of any type laid out on
+    /// the canonical grid of `dims`; borrowed when nothing moves.
+    pub fn undo_voxels<'a, T: Copy + Send + Sync>(
         &self,
-        from: &[f32],
-        from_dims: [usize; 3],
-        to_dims: [usize; 3],
-        forward: bool,
-    ) -> Vec<f32> {
-        let canon_dims = if forward { to_dims } else { from_dims };
-        let src_dims = if forward { from_dims } else { to_dims };
-        let src_stride = [1, src_dims[0], src_dims[0] * src_dims[1]];
-        // Per canonical axis: (start, step) in the source buffer.
+        data: &'a [T],
+        dims: [usize; 3],
+    ) -> Result<Cow<'a, [T]>> {
+        let od = self.out_dims();
+        if dims != od {
+            return Err(Error::InvalidArgument(format!(
+                "volume dims {dims:?} do not match the canonical grid {od:?}"
+            )));
+        }
+        check_voxels(data.len(), od, "canonical")?;
+        if self.is_identity() {
+            return Ok(Cow::Borrowed(data));
+        }
+        // Source axis d is canonical axis a with perm[a] == d.
+        let canon_stride = [1, od[0], od[0] * od[1]];
         let mut start = 0isize;
         let mut step = [0isize; 3];
         for a in 0..3 {
-            let s = self.perm[a];
-            let st = src_stride[s] as isize;
+            let d = self.perm[a];
+            let st = canon_stride[a] as isize;
+            if self.flip[a] {
+                start += st * (self.src_dims[d] as isize - 1);
+                step[d] = -st;
+            } else {
+                step[d] = st;
+            }
+        }
+        Ok(Cow::Owned(gather(data, self.src_dims, start, step)))
+    }
+
+    /// Where canonical voxel (0, 0, 0) lies in the source buffer, and the
+    /// source step of one voxel along each canonical axis.
+    fn forward_steps(&self) -> (isize, [isize; 3]) {
+        let canon_dims = self.out_dims();
+        let src_stride = [1, self.src_dims[0], self.src_dims[0] * self.src_dims[1]];
+        let mut start = 0isize;
+        let mut step = [0isize; 3];
+        for a in 0..3 {
+            let st = src_stride[self.perm[a]] as isize;
             if self.flip[a] {
                 start += st * (canon_dims[a] as isize - 1);
                 step[a] = -st;
@@ -477,25 +536,47 @@ impl Reorientation {
                 step[a] = st;
             }
         }
-        let n = canon_dims[0] * canon_dims[1] * canon_dims[2];
-        let mut out = vec![0f32; n];
-        let mut c = 0usize;
-        for k in 0..canon_dims[2] {
-            for j in 0..canon_dims[1] {
+        (start, step)
+    }
+}
+
+fn check_voxels(len: usize, dims: [usize; 3], grid: &str) -> Result<()> {
+    if checked_len(dims)? != len {
+        return Err(Error::InvalidArgument(format!(
+            "{len} voxels given for the {grid} grid of {dims:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// `out[i + ni * (j + nj * k)] = from[start + step . (i, j, k)]` over the
+/// output grid `dims`, one axial slice per task. Every index is in bounds
+/// because `start` and `step` come from a permutation with flips of the
+/// same grid.
+fn gather<T: Copy + Send + Sync>(
+    from: &[T],
+    dims: [usize; 3],
+    start: isize,
+    step: [isize; 3],
+) -> Vec<T> {
+    let [ni, nj, _] = dims;
+    let plane = ni * nj;
+    if from.is_empty() || plane == 0 {
+        return Vec::new();
+    }
+    let mut out = vec![from[0]; from.len()];
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(k, slice)| {
+            for (j, row) in slice.chunks_exact_mut(ni).enumerate() {
                 let mut s = start + step[2] * k as isize + step[1] * j as isize;
-                for _ in 0..canon_dims[0] {
-                    if forward {
-                        out[c] = from[s as usize];
-                    } else {
-                        out[s as usize] = from[c];
-                    }
+                for o in row {
+                    *o = from[s as usize];
                     s += step[0];
-                    c += 1;
                 }
             }
-        }
-        out
-    }
+        });
+    out
 }
 
 /// Number of voxels of `dims`, refusing zero and overflow.
@@ -582,6 +663,20 @@ mod tests {
             }
         }
         assert_eq!(r.undo(&c).unwrap(), v);
+        assert_eq!(r.undo_owned(c.clone()).unwrap(), v);
+
+        // Voxels of other types move exactly as the f32 volume does.
+        let ids: Vec<u32> = (0..v.len() as u32).collect();
+        let canon_ids = r.apply_voxels(&ids).unwrap();
+        assert!(matches!(canon_ids, std::borrow::Cow::Owned(_)));
+        let as_f32: Vec<f32> = canon_ids.iter().map(|&x| x as f32).collect();
+        assert_eq!(as_f32, c.data());
+        let back = r.undo_voxels(&canon_ids, c.dims()).unwrap();
+        assert_eq!(back.as_ref(), ids.as_slice());
+        // A buffer of the wrong size or grid is refused, not read past.
+        assert!(r.apply_voxels(&ids[1..]).is_err());
+        assert!(r.undo_voxels(&ids, v.dims()).is_err());
+        assert!(r.undo(&v).is_err());
     }
 
     #[test]
@@ -593,6 +688,19 @@ mod tests {
         let (c, r) = v.to_canonical();
         assert!(r.is_identity());
         assert_eq!(c, v);
+        // Nothing is copied on the way in or out.
+        let (c, r) = v.canonical();
+        assert!(matches!(c, std::borrow::Cow::Borrowed(_)));
+        let flags = vec![true; v.len()];
+        assert!(matches!(
+            r.apply_voxels(&flags).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(matches!(
+            r.undo_voxels(&flags, v.dims()).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(r.undo_owned(c.into_owned()).unwrap(), v);
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub struct Prepared {
 /// a lung region configured, computes it on the resampled HU volume and
 /// blanks everything outside it.
 pub fn prepare(ct: &Volume, cfg: &PreprocessConfig) -> Result<Prepared> {
-    let (canonical, reorientation) = ct.to_canonical();
+    let (canonical, reorientation) = ct.canonical();
     let mut volume = resample::resample_to_spacing(&canonical, cfg.spacing_mm, Interp::Linear)?;
     let region = match &cfg.lung_region {
         Some(rc) => Some(region::lung_region(&volume, rc)?),
@@ -129,7 +129,7 @@ impl Prepared {
             &self.canonical_affine,
             interp,
         )?;
-        self.reorientation.undo(&canonical)
+        self.reorientation.undo_owned(canonical)
     }
 }
 
