@@ -39,7 +39,7 @@ use crate::job::{Job, Source};
 use crate::metrics::segmentation_metrics;
 use crate::model::checkpoint::CheckpointMeta;
 use crate::model::infer::prepare_for;
-use crate::model::{Checkpoint, InferenceConfig, Prediction, Predictor};
+use crate::model::{Checkpoint, GridPrediction, InferenceConfig, Predictor};
 use crate::preprocess::Prepared;
 use crate::preprocess::lung::LungMaskConfig;
 use crate::quantify::{
@@ -214,7 +214,7 @@ pub struct InFlight {
     ct: Option<Volume>,
     truth: Option<Volume>,
     prepared: Option<Prepared>,
-    prediction: Option<Prediction>,
+    prediction: Option<GridPrediction>,
     first_error: Option<Error>,
 }
 
@@ -608,6 +608,7 @@ pub struct Finisher {
     lung: LungMaskConfig,
     probability_maps: bool,
     keep_lesions_outside_lungs: bool,
+    inference: InferenceConfig,
 }
 
 impl Finisher {
@@ -617,7 +618,27 @@ impl Finisher {
         let mut mask = None;
         let mut probability = None;
         let mut gradcam = None;
-        if let (Some(ct), Some(mut p)) = (s.ct.take(), s.prediction.take()) {
+        let grid = match (s.prediction.take(), s.prepared.take()) {
+            (Some(g), Some(prepared)) => {
+                // The network's maps go back to the scan's grid here, off
+                // the device's thread; the seconds count as inference.
+                let t = Instant::now();
+                let name = s.image_name.clone();
+                let restored = guarded("inference", || {
+                    g.restore(&prepared, &self.inference).in_file(&name)
+                });
+                s.row.seconds.inference += t.elapsed().as_secs_f64();
+                match restored {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        s.fail(e);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let (Some(ct), Some(mut p)) = (s.ct.take(), grid) {
             let t = Instant::now();
             let name = s.image_name.clone();
             match guarded("quantification", || {
@@ -716,6 +737,7 @@ impl Processor {
                 lung: cfg.lung,
                 probability_maps: cfg.probability_maps,
                 keep_lesions_outside_lungs: cfg.keep_lesions_outside_lungs,
+                inference: cfg.inference,
             },
             predictor,
             inference: cfg.inference,
@@ -737,16 +759,17 @@ impl Processor {
         &self.finisher.classes
     }
 
-    /// Stage 3: the network on a decoded scan.
+    /// Stage 3: the network on a decoded scan, its maps left on the model
+    /// grid for [`Finisher::finish`] to restore.
     pub fn infer(&self, s: &mut InFlight) {
-        let Some(prepared) = s.prepared.take() else {
+        let Some(prepared) = s.prepared.as_ref() else {
             return;
         };
         let t = Instant::now();
         let name = s.image_name.clone();
         match guarded("inference", || {
             self.predictor
-                .predict_prepared(&prepared, &self.inference)
+                .predict_on_grid(prepared, &self.inference)
                 .in_file(&name)
         }) {
             Ok(p) => {

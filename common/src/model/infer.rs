@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Label;
 use crate::preprocess::{self, Interp, patch};
 use crate::volume::Volume;
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor, nn};
 
 /// Where the blended probability map is accumulated.
@@ -145,6 +146,57 @@ impl Prediction {
     }
 }
 
+/// The network's answer on the model grid, before its maps go back to the
+/// scan's grid: what [`Predictor::predict_on_grid`] (the stage that needs
+/// the device) hands to [`GridPrediction::restore`] (CPU only, so a driver
+/// runs it on another thread and the device never waits for it).
+#[derive(Debug, Clone)]
+pub struct GridPrediction {
+    /// Lesion probability on the model grid, 0..1 (all finite).
+    pub probability: Volume,
+    /// Grad-CAM of the predicted class on the model grid, 0..1, if asked.
+    pub gradcam: Option<Volume>,
+    /// Scan-level class probabilities (sum to 1), class index order.
+    pub class_probabilities: Vec<f64>,
+    /// The most probable class.
+    pub class_index: usize,
+    /// Windows run (per mirroring).
+    pub windows: usize,
+}
+
+impl GridPrediction {
+    /// The maps on the scan's own grid ([`preprocess::Prepared::restore`],
+    /// linear) and the lesion mask thresholded there at `cfg.threshold`.
+    pub fn restore(
+        self,
+        prepared: &preprocess::Prepared,
+        cfg: &InferenceConfig,
+    ) -> Result<Prediction> {
+        let model_dims = self.probability.dims();
+        let probability = prepared.restore(&self.probability, Interp::Linear)?;
+        let mask = probability.with_data(
+            probability
+                .data()
+                .par_iter()
+                .map(|&p| f32::from(p >= cfg.threshold))
+                .collect(),
+        )?;
+        let gradcam = match self.gradcam {
+            Some(cam) => Some(prepared.restore(&cam, Interp::Linear)?),
+            None => None,
+        };
+        Ok(Prediction {
+            probability,
+            mask,
+            class_probabilities: self.class_probabilities,
+            class_index: self.class_index,
+            gradcam,
+            windows: self.windows,
+            model_dims,
+        })
+    }
+}
+
 /// A loaded network ready for whole scans.
 #[derive(Debug)]
 pub struct Predictor {
@@ -269,13 +321,25 @@ impl Predictor {
     }
 
     /// Segments and classifies a scan [`Predictor::prepare`] brought onto
-    /// the model grid; the maps come back on the scan's own grid. A network
-    /// output that is not finite is an error, never a confident answer.
+    /// the model grid; the maps come back on the scan's own grid
+    /// ([`Predictor::predict_on_grid`], then [`GridPrediction::restore`]).
     pub fn predict_prepared(
         &self,
         prepared: &preprocess::Prepared,
         cfg: &InferenceConfig,
     ) -> Result<Prediction> {
+        self.predict_on_grid(prepared, cfg)?.restore(prepared, cfg)
+    }
+
+    /// The network's part of [`Predictor::predict_prepared`]: sliding
+    /// windows, stitching and the diagnosis, with the maps left on the
+    /// model grid. A network output that is not finite is an error, never
+    /// a confident answer.
+    pub fn predict_on_grid(
+        &self,
+        prepared: &preprocess::Prepared,
+        cfg: &InferenceConfig,
+    ) -> Result<GridPrediction> {
         cfg.validate()?;
         let dims = prepared.volume.dims();
         let patch = self.meta.model.patch;
@@ -408,15 +472,7 @@ impl Predictor {
                 .f_flatten(0, -1)?;
             Ok(Vec::<f32>::try_from(t)?)
         };
-        let prob_model = prepared.volume.with_data(crop(&acc_p)?)?;
-        let probability = prepared.restore(&prob_model, Interp::Linear)?;
-        let mask = probability.with_data(
-            probability
-                .data()
-                .iter()
-                .map(|&p| (p >= cfg.threshold) as u8 as f32)
-                .collect(),
-        )?;
+        let probability = prepared.volume.with_data(crop(&acc_p)?)?;
         let class_probabilities: Vec<f64> =
             Vec::<f32>::try_from(cls_acc.f_div(&weight_sum)?.f_to_device(Device::Cpu)?)?
                 .into_iter()
@@ -448,18 +504,16 @@ impl Predictor {
                 if max > 0.0 {
                     v.iter_mut().for_each(|x| *x /= max);
                 }
-                Some(prepared.restore(&prepared.volume.with_data(v)?, Interp::Linear)?)
+                Some(prepared.volume.with_data(v)?)
             }
             None => None,
         };
-        Ok(Prediction {
+        Ok(GridPrediction {
             probability,
-            mask,
+            gradcam,
             class_probabilities,
             class_index,
-            gradcam,
             windows: active.len(),
-            model_dims: dims,
         })
     }
 

@@ -26,6 +26,6 @@ pub mod train;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use config::{Fusion, ModelConfig};
-pub use infer::{InferenceConfig, Prediction, Predictor, Stitch};
+pub use infer::{GridPrediction, InferenceConfig, Prediction, Predictor, Stitch};
 pub use net::MultiRNet;
 pub use train::{Start, TrainConfig, TrainEvent, train};
