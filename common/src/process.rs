@@ -43,7 +43,8 @@ use crate::model::{Checkpoint, GridPrediction, InferenceConfig, Predictor};
 use crate::preprocess::Prepared;
 use crate::preprocess::lung::LungMaskConfig;
 use crate::quantify::{
-    components_touching_lungs, lesion_components, lungs_on_grid, quantify_components,
+    components_mask, components_touching_lungs, lesion_components, lungs_on_grid,
+    quantify_components,
 };
 use crate::results::sink::ScanOutput;
 use crate::results::{LesionRow, RESULTS_SCHEMA_VERSION, ResumeKey, ScanRecord, ScanRow};
@@ -652,8 +653,7 @@ impl Finisher {
                     lesions = kept;
                     removed = Some(voxels as f64 * ct.voxel_volume_mm3() / 1000.0);
                     if voxels > 0 {
-                        let mask = lesions.labels.iter().map(|&l| f32::from(l != 0)).collect();
-                        p.mask = p.mask.with_data(mask).in_file(&name)?;
+                        p.mask = components_mask(&lesions, &p.mask).in_file(&name)?;
                     }
                 }
                 let q = quantify_components(&ct, &lesions, lungs.as_ref()).in_file(&name)?;

@@ -235,19 +235,12 @@ pub fn lungs_on_grid(ct_hu: &Volume, cfg: &LungMaskConfig) -> Result<Option<Lung
     // already) and brought back onto the caller's grid exactly.
     let (canon_ct, reo) = ct_hu.canonical();
     match lung_mask(&canon_ct, cfg) {
-        Ok(lm) => {
-            let labels = if reo.is_identity() {
-                lm.mask
-            } else {
-                reo.undo_voxels(&lm.mask, lm.dims)?.into_owned()
-            };
-            Ok(Some(LungLabels {
-                labels,
-                canon_dims: canon_ct.dims(),
-                dims: ct_hu.dims(),
-                reo,
-            }))
-        }
+        Ok(lm) => Ok(Some(LungLabels {
+            labels: reo.undo_vec(lm.mask, lm.dims)?,
+            canon_dims: canon_ct.dims(),
+            dims: ct_hu.dims(),
+            reo,
+        })),
         Err(Error::Unsupported(why)) => {
             tracing::warn!("quantify: {why}; lung-derived measures are left empty");
             Ok(None)
@@ -284,8 +277,19 @@ pub struct LungLabels {
 /// real scans; see README, "Lesions belong to the lungs".
 pub fn lesions_touching_lungs(lesion_mask: &Volume, lungs: &LungLabels) -> Result<(Volume, u64)> {
     let (kept, removed) = components_touching_lungs(lesion_components(lesion_mask)?, lungs)?;
-    let mask = kept.labels.par_iter().map(|&l| f32::from(l != 0)).collect();
-    Ok((lesion_mask.with_data(mask)?, removed))
+    Ok((components_mask(&kept, lesion_mask)?, removed))
+}
+
+/// The lesion mask (1 on every component, 0 elsewhere) of `lesions` on the
+/// grid of `like`: the inverse of [`lesion_components`].
+pub fn components_mask(lesions: &Labels, like: &Volume) -> Result<Volume> {
+    like.with_data(
+        lesions
+            .labels
+            .par_iter()
+            .map(|&l| f32::from(l != 0))
+            .collect(),
+    )
 }
 
 /// The lesions of a mask: its 26-connected components of voxels above

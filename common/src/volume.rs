@@ -466,13 +466,25 @@ impl Reorientation {
     /// [`Reorientation::undo`] of a volume the caller no longer needs: no
     /// copy when the source was canonical.
     pub fn undo_owned(&self, v: Volume) -> Result<Volume> {
-        if self.is_identity() && v.dims == self.src_dims {
-            return Ok(Volume {
-                affine: self.src_affine,
-                ..v
-            });
-        }
-        self.undo(&v)
+        Ok(Volume {
+            data: self.undo_vec(v.data, v.dims)?,
+            dims: self.src_dims,
+            affine: self.src_affine,
+        })
+    }
+
+    /// [`Reorientation::undo_voxels`] of voxels the caller no longer needs:
+    /// they are returned as they are when nothing moves.
+    pub fn undo_vec<T: Copy + Send + Sync>(
+        &self,
+        data: Vec<T>,
+        dims: [usize; 3],
+    ) -> Result<Vec<T>> {
+        let moved = match self.undo_voxels(&data, dims)? {
+            Cow::Owned(v) => Some(v),
+            Cow::Borrowed(_) => None,
+        };
+        Ok(moved.unwrap_or(data))
     }
 
     /// [`Reorientation::apply`] for voxel values of any type (labels,
@@ -701,6 +713,9 @@ mod tests {
             std::borrow::Cow::Borrowed(_)
         ));
         assert_eq!(r.undo_owned(c.into_owned()).unwrap(), v);
+        let ptr = flags.as_ptr();
+        let back = r.undo_vec(flags, v.dims()).unwrap();
+        assert_eq!(back.as_ptr(), ptr, "the identity moves nothing");
     }
 
     #[test]
